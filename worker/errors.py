@@ -1,0 +1,59 @@
+"""Domain errors of the worker stages.
+
+Every error a user can cause with their input derives from :class:`InputError` and carries a
+stable ``code`` (used for HTTP problem types, DIMSE statuses and CLI exit lines) and a message
+that names the DICOM attribute or file at fault. Messages never contain patient identifiers.
+"""
+
+from __future__ import annotations
+
+
+class StageError(Exception):
+    """Base class of every error raised by a pipeline stage."""
+
+    code = "stage-error"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class InputError(StageError):
+    """The input cannot be used as it is; the user must fix it."""
+
+    code = "invalid-input"
+
+
+class DicomReadError(InputError):
+    """A file is not DICOM, is truncated, or its pixel data cannot be decoded."""
+
+    code = "unreadable-dicom"
+
+
+class GeometryError(InputError):
+    """An image or dose grid has no usable or no consistent patient geometry."""
+
+    code = "invalid-geometry"
+
+
+class DoseError(InputError):
+    """An RTDOSE cannot be turned into absolute dose in Gy."""
+
+    code = "invalid-dose"
+
+
+class BrokenReferenceError(InputError):
+    """An RT object references instances or frames of reference that are not present."""
+
+    code = "broken-reference"
+
+
+class AssemblyError(InputError):
+    """The set of instances does not make a valid case (roles, patients, frames of reference)."""
+
+    code = "invalid-study"
