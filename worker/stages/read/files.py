@@ -1,0 +1,111 @@
+"""Opening DICOM files with specific errors instead of library exceptions.
+
+pydicom reads a truncated file without complaint (the pixel data simply comes out short) and
+refuses a valid file that lacks the 128-byte preamble; both cases are handled here so that every
+later stage can trust the datasets it gets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from worker.errors import DicomReadError
+
+#: Attributes every composite instance must carry for us to place it in a study.
+REQUIRED_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID")
+
+
+def read_header(path: Path) -> Dataset:
+    """Read a file's attributes without its pixel data.
+
+    Parameters
+    ----------
+    path: pathlib.Path
+        The file to read.
+
+    Returns
+    -------
+    pydicom.dataset.Dataset
+        The dataset, pixel data excluded.
+
+    Raises
+    ------
+    worker.errors.DicomReadError
+        The file is not DICOM, lacks SOP identification, or is shorter than its pixel data.
+    """
+    ds = _read(path, stop_before_pixels=True)
+    _check_not_truncated(ds, path)
+    return ds
+
+
+def read_dataset(path: Path) -> Dataset:
+    """Read a whole file, pixel data included, with the same checks as :func:`read_header`."""
+    ds = _read(path, stop_before_pixels=False)
+    _check_native_pixel_length(ds, path)
+    return ds
+
+
+def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        # Some exporters omit the preamble and 'DICM' prefix; accept such a file only when a
+        # forced parse finds the SOP identification, so random bytes are still refused.
+        ds = _read_forced(path, stop_before_pixels)
+    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DicomReadError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
+    missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
+    if missing:
+        raise DicomReadError(f"{path.name}: not a DICOM composite instance (missing {', '.join(missing)})")
+    return ds
+
+
+def _read_forced(path: Path, stop_before_pixels: bool) -> Dataset:
+    try:
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        identified = all(ds.get(k) for k in REQUIRED_IDENTIFIERS)
+    except Exception as exc:  # noqa: BLE001 - any parse failure of arbitrary bytes means "not DICOM"
+        raise DicomReadError(f"{path.name}: not a DICOM file") from exc
+    if not identified:
+        raise DicomReadError(f"{path.name}: not a DICOM file")
+    return ds
+
+
+def expected_native_pixel_bytes(ds: Dataset) -> int | None:
+    """Byte length of uncompressed pixel data implied by the Image Pixel module, or None."""
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_compressed:
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        pixels = int(ds.Rows) * int(ds.Columns) * frames * samples
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return (pixels * bits + 7) // 8
+
+
+def _check_not_truncated(ds: Dataset, path: Path) -> None:
+    expected = expected_native_pixel_bytes(ds)
+    if expected is not None and os.path.getsize(path) < expected:
+        raise DicomReadError(
+            f"{path.name}: file is truncated ({os.path.getsize(path)} bytes on disk, "
+            f"pixel data alone needs {expected})"
+        )
+
+
+def _check_native_pixel_length(ds: Dataset, path: Path) -> None:
+    if "PixelData" not in ds:
+        return
+    expected = expected_native_pixel_bytes(ds)
+    actual = len(ds.PixelData)
+    if expected is not None and actual < expected:
+        raise DicomReadError(
+            f"{path.name}: file is truncated (PixelData has {actual} bytes, expected {expected})"
+        )
