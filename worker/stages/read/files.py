@@ -101,7 +101,7 @@ def _check_not_truncated(ds: Dataset, path: Path) -> None:
 
 
 def _check_native_pixel_length(ds: Dataset, path: Path) -> None:
-    if "PixelData" not in ds:
+    if ds.get("PixelData") is None:
         return
     expected = expected_native_pixel_bytes(ds)
     actual = len(ds.PixelData)
