@@ -18,6 +18,8 @@ from worker.errors import DicomReadError
 
 #: Attributes every composite instance must carry for us to place it in a study.
 REQUIRED_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID")
+#: Error code of a DICOM file cut short (as opposed to a file that is not DICOM at all).
+TRUNCATED = "truncated-file"
 
 
 def read_header(path: Path) -> Dataset:
@@ -96,7 +98,8 @@ def _check_not_truncated(ds: Dataset, path: Path) -> None:
     if expected is not None and os.path.getsize(path) < expected:
         raise DicomReadError(
             f"{path.name}: file is truncated ({os.path.getsize(path)} bytes on disk, "
-            f"pixel data alone needs {expected})"
+            f"pixel data alone needs {expected})",
+            code=TRUNCATED,
         )
 
 
@@ -107,5 +110,6 @@ def _check_native_pixel_length(ds: Dataset, path: Path) -> None:
     actual = len(ds.PixelData)
     if expected is not None and actual < expected:
         raise DicomReadError(
-            f"{path.name}: file is truncated (PixelData has {actual} bytes, expected {expected})"
+            f"{path.name}: file is truncated (PixelData has {actual} bytes, expected {expected})",
+            code=TRUNCATED,
         )

@@ -1,0 +1,116 @@
+"""Where a case's files come from: a folder tree, a zip archive, or a list of files.
+
+Zip archives are unpacked defensively: entries with absolute paths, ``..`` components or
+symbolic links are refused (zip-slip), and the archive is refused when it declares or actually
+inflates to more than the allowed number of entries or bytes (zip bomb). Entries are written
+under generated names, so nothing in an archive chooses a path on our disk.
+"""
+
+from __future__ import annotations
+
+import stat
+import zipfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from worker.errors import InputError
+
+#: Files that are never instances of a study.
+IGNORED_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class ZipLimits:
+    """Bounds on what an uploaded archive may unpack to."""
+
+    max_entries: int = 100_000
+    max_total_bytes: int = 20 * 1024**3
+    max_ratio: float = 1000.0
+
+
+def collect_files(source: Path | Sequence[Path], workdir: Path, limits: ZipLimits | None = None) -> list[Path]:
+    """Every candidate file of ``source``; zip archives are unpacked into ``workdir``.
+
+    Parameters
+    ----------
+    source: pathlib.Path or Sequence[pathlib.Path]
+        A folder (searched recursively), a zip file, a single file, or a list of these.
+    workdir: pathlib.Path
+        Folder that receives unpacked archive entries.
+
+    Raises
+    ------
+    worker.errors.InputError
+        A path does not exist, or an archive is unsafe or corrupt.
+    """
+    items = [source] if isinstance(source, str | Path) else list(source)
+    files: list[Path] = []
+    for number, item in enumerate(items):
+        files.extend(_expand(Path(item), workdir / f"archive-{number}", limits or ZipLimits()))
+    return files
+
+
+def _expand(path: Path, unpack_dir: Path, limits: ZipLimits) -> Iterable[Path]:
+    if not path.exists():
+        raise InputError(f"{path}: no such file or folder")
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and _is_candidate(p))
+    if zipfile.is_zipfile(path):
+        return extract_zip(path, unpack_dir, limits)
+    return [path]
+
+
+def _is_candidate(path: Path) -> bool:
+    return path.name not in IGNORED_NAMES and not path.name.startswith(".")
+
+
+def extract_zip(archive: Path, target: Path, limits: ZipLimits | None = None) -> list[Path]:
+    """Unpack a zip archive safely into ``target`` and return the unpacked files."""
+    limits = limits or ZipLimits()
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            entries = [e for e in zf.infolist() if not e.is_dir()]
+            _check_entries(entries, archive.name, limits)
+            target.mkdir(parents=True, exist_ok=True)
+            return _write_entries(zf, entries, target, archive.name, limits)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise InputError(f"{archive.name}: corrupt or unsupported zip archive ({exc})") from exc
+
+
+def _check_entries(entries: list[zipfile.ZipInfo], name: str, limits: ZipLimits) -> None:
+    if len(entries) > limits.max_entries:
+        raise InputError(f"{name}: {len(entries)} entries exceed the limit of {limits.max_entries}")
+    for entry in entries:
+        parts = PurePosixPath(entry.filename.replace("\\", "/")).parts
+        if entry.filename.startswith(("/", "\\")) or ".." in parts or ":" in (parts[0] if parts else ""):
+            raise InputError(f"{name}: entry with an unsafe path (absolute or '..') refused")
+        if stat.S_ISLNK(entry.external_attr >> 16):
+            raise InputError(f"{name}: entry that is a symbolic link refused")
+    declared = sum(e.file_size for e in entries)
+    if declared > limits.max_total_bytes:
+        raise InputError(f"{name}: unpacks to {declared} bytes, over the limit of {limits.max_total_bytes}")
+    packed = sum(e.compress_size for e in entries) or 1
+    if declared / packed > limits.max_ratio:
+        raise InputError(f"{name}: compression ratio {declared / packed:.0f}:1 looks like a zip bomb")
+
+
+def _write_entries(
+    zf: zipfile.ZipFile, entries: list[zipfile.ZipInfo], target: Path, name: str, limits: ZipLimits
+) -> list[Path]:
+    written: list[Path] = []
+    total = 0
+    for number, entry in enumerate(entries):
+        if not _is_candidate(Path(PurePosixPath(entry.filename.replace("\\", "/")).name)):
+            continue
+        out = target / f"{number:06d}.dcm"
+        with zf.open(entry) as src, out.open("wb") as dst:
+            # Count what really inflates: the sizes in the directory may lie.
+            while chunk := src.read(CHUNK_BYTES):
+                total += len(chunk)
+                if total > limits.max_total_bytes:
+                    raise InputError(f"{name}: inflates past the limit of {limits.max_total_bytes} bytes")
+                dst.write(chunk)
+        written.append(out)
+    return written
