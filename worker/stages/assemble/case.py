@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import AssemblyError
-from worker.stages.assemble.index import Series, StudyIndex, index_files
+from worker.stages.assemble.index import Series, StudyIndex, index_files, referenced_images
 from worker.stages.assemble.rules import RoleRules, SequenceRule, load_rules
 from worker.stages.assemble.sources import ZipLimits, collect_files
 
@@ -94,8 +94,7 @@ def assemble_index(index: StudyIndex, rules: RoleRules) -> Assembly:
     ignored: list[str] = [f"{len(index.other)} instance(s) of other SOP classes"] if index.other else []
     followups = _followups(index, planning, rules, ignored)
     cases = [
-        _case(patient_id, series, rule.task, rule.kind, planning, doses, index)
-        for series, rule in followups
+        _case(patient_id, series, rule.task, rule.kind, planning, doses, index) for series, rule in followups
     ]
     return Assembly(cases=cases, ignored=ignored, not_dicom=len(index.not_dicom))
 
@@ -118,7 +117,8 @@ def _planning_ct(index: StudyIndex, doses: list[Series], rules: RoleRules) -> Se
         raise AssemblyError(f"RTDOSE instances lie in {len(frames)} different frames of reference")
     frame = frames.pop()
     candidates = [
-        s for s in index.of("image")
+        s
+        for s in index.of("image")
         if s.first.frame_of_reference_uid == frame
         and s.text("Modality").upper() in rules.planning_ct.modality
         and not rules.is_excluded(s)
@@ -151,8 +151,10 @@ def _followups(
         reason = _followup_refusal(series, planning, rules)
         rule = None if reason else rules.sequence_of(series)
         if rule is None:
-            ignored.append(f"{series.text('Modality')} series '{series.text('SeriesDescription')}': "
-                           f"{reason or 'no sequence rule matched'}")
+            ignored.append(
+                f"{series.text('Modality')} series '{series.text('SeriesDescription')}': "
+                f"{reason or 'no sequence rule matched'}"
+            )
             continue
         found.append((series, rule))
     if not found:
@@ -176,8 +178,13 @@ def _followup_refusal(series: Series, planning: Series, rules: RoleRules) -> str
 
 
 def _case(
-    patient_id: str, followup: Series, task: str, kind: str, planning: Series,
-    doses: list[Series], index: StudyIndex,
+    patient_id: str,
+    followup: Series,
+    task: str,
+    kind: str,
+    planning: Series,
+    doses: list[Series],
+    index: StudyIndex,
 ) -> Case:
     planning_frame = planning.first.frame_of_reference_uid
     followup_frame = followup.first.frame_of_reference_uid
@@ -189,10 +196,16 @@ def _case(
         planning_ct=planning,
         rtdose=doses,
         rtplan=_plans(index, planning_frame, doses),
-        rtstruct=[s for s in index.of("rtstruct")
-                  if {planning_frame, followup_frame} & set(s.first.referenced_frames_of_reference)],
-        reg=[s for s in index.of("reg")
-             if {planning_frame, followup_frame} <= set(s.first.referenced_frames_of_reference)],
+        rtstruct=[
+            s
+            for s in index.of("rtstruct")
+            if {planning_frame, followup_frame} & set(s.first.referenced_frames_of_reference)
+        ],
+        reg=[
+            s
+            for s in index.of("reg")
+            if {planning_frame, followup_frame} <= set(s.first.referenced_frames_of_reference)
+        ],
         seg=[s for s in index.of("seg") if followup.uid in s.first.referenced_series],
     )
     _link_warnings(case)
@@ -203,7 +216,8 @@ def _plans(index: StudyIndex, planning_frame: str, doses: list[Series]) -> list[
     # The Frame of Reference module is optional in an RTPLAN, so a dose's reference counts too.
     referenced = {d.first.referenced_plan for d in doses}
     return [
-        s for s in index.of("rtplan")
+        s
+        for s in index.of("rtplan")
         if s.first.frame_of_reference_uid == planning_frame or s.first.sop_instance_uid in referenced
     ]
 
@@ -216,3 +230,17 @@ def _link_warnings(case: Case) -> None:
             case.warnings.append("an RTDOSE references an RTPLAN that was not sent")
     if not case.rtplan:
         case.warnings.append("no RTPLAN: prescription and fractions unknown")
+    for role, series in (("planning CT", case.planning_ct), ("follow-up", case.followup)):
+        _missing_image_warning(case, role, series)
+
+
+def _missing_image_warning(case: Case, role: str, series: Series) -> None:
+    present = {i.sop_instance_uid for i in series.instances}
+    for structure_set in case.rtstruct:
+        listed = referenced_images(structure_set.first.header, series.uid)
+        missing = listed - present
+        if missing:
+            case.warnings.append(
+                f"{role}: {len(missing)} of {len(listed)} images listed by the RTSTRUCT are "
+                "missing (slices not sent)"
+            )

@@ -180,12 +180,28 @@ def _referenced_series(ds: Dataset) -> tuple[str, ...]:
     return tuple(uids)
 
 
+def referenced_images(ds: Dataset, series_uid: str) -> set[str]:
+    """SOP instances of ``series_uid`` that an RTSTRUCT lists as its referenced images."""
+    return {
+        str(image.ReferencedSOPInstanceUID)
+        for frame in ds.get("ReferencedFrameOfReferenceSequence", [])
+        for study in frame.get("RTReferencedStudySequence", [])
+        for series in study.get("RTReferencedSeriesSequence", [])
+        if str(series.get("SeriesInstanceUID", "")) == series_uid
+        for image in series.get("ContourImageSequence", [])
+    }
+
+
 def _referenced_frames(ds: Dataset) -> tuple[str, ...]:
-    uids = [str(f.FrameOfReferenceUID) for f in ds.get("ReferencedFrameOfReferenceSequence", [])
-            if f.get("FrameOfReferenceUID")]
+    uids = [
+        str(f.FrameOfReferenceUID)
+        for f in ds.get("ReferencedFrameOfReferenceSequence", [])
+        if f.get("FrameOfReferenceUID")
+    ]
     # Spatial registrations name one frame of reference per registration item.
-    uids += [str(r.FrameOfReferenceUID) for r in ds.get("RegistrationSequence", [])
-             if r.get("FrameOfReferenceUID")]
+    uids += [
+        str(r.FrameOfReferenceUID) for r in ds.get("RegistrationSequence", []) if r.get("FrameOfReferenceUID")
+    ]
     return tuple(uids)
 
 

@@ -30,7 +30,9 @@ class ZipLimits:
     max_ratio: float = 1000.0
 
 
-def collect_files(source: Path | Sequence[Path], workdir: Path, limits: ZipLimits | None = None) -> list[Path]:
+def collect_files(
+    source: Path | Sequence[Path], workdir: Path, limits: ZipLimits | None = None
+) -> list[Path]:
     """Every candidate file of ``source``; zip archives are unpacked into ``workdir``.
 
     Parameters

@@ -39,7 +39,8 @@ def read_case(case: Case, policy: GeometryPolicy | None = None) -> CaseData:
     prescription = next((p.prescription_gy for p in plans if p.prescription_gy), None)
     grids = [
         read_rtdose(i.path, prescription_gy=prescription, policy=policy)
-        for s in case.rtdose for i in s.instances
+        for s in case.rtdose
+        for i in s.instances
     ]
     dose = total_dose(grids, plans)
     followup = read_image_series(case.followup.files, policy)

@@ -88,8 +88,13 @@ def _sum_beams(beams: list[DoseGrid]) -> DoseGrid:
     image.CopyInformation(beams[0].image)
     warnings = [w for g in beams for w in g.warnings]
     warnings.append(f"total dose summed from {len(beams)} BEAM doses")
-    return replace(beams[0], image=image, summation_type="PLAN", warnings=warnings,
-                   referenced_beam_numbers=sorted(n for g in beams for n in g.referenced_beam_numbers))
+    return replace(
+        beams[0],
+        image=image,
+        summation_type="PLAN",
+        warnings=warnings,
+        referenced_beam_numbers=sorted(n for g in beams for n in g.referenced_beam_numbers),
+    )
 
 
 def _check_consistent(beams: list[DoseGrid]) -> None:
@@ -116,9 +121,18 @@ def _fraction_dose(fractions: list[DoseGrid], plans: Sequence[PlanInfo]) -> Dose
     grid = fractions[0]
     plan = next((p for p in plans if p.sop_instance_uid == grid.referenced_plan_uid), None)
     if plan is None or not plan.fractions:
-        return replace(grid, warnings=[*grid.warnings,
-            "FRACTION dose used as is: its RTPLAN (number of fractions) is missing, so dose "
-            "values are per fraction; the high-dose region is unaffected"])
+        return replace(
+            grid,
+            warnings=[
+                *grid.warnings,
+                "FRACTION dose used as is: its RTPLAN (number of fractions) is missing, so dose "
+                "values are per fraction; the high-dose region is unaffected",
+            ],
+        )
     image = sitk.Cast(grid.image, sitk.sitkFloat64) * float(plan.fractions)
-    return replace(grid, image=image, summation_type="PLAN", warnings=[*grid.warnings,
-        f"FRACTION dose multiplied by {plan.fractions} planned fractions"])
+    return replace(
+        grid,
+        image=image,
+        summation_type="PLAN",
+        warnings=[*grid.warnings, f"FRACTION dose multiplied by {plan.fractions} planned fractions"],
+    )

@@ -71,7 +71,7 @@ def _read_forced(path: Path, stop_before_pixels: bool) -> Dataset:
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
         identified = all(ds.get(k) for k in REQUIRED_IDENTIFIERS)
-    except Exception as exc:  # noqa: BLE001 - any parse failure of arbitrary bytes means "not DICOM"
+    except Exception as exc:
         raise DicomReadError(f"{path.name}: not a DICOM file") from exc
     if not identified:
         raise DicomReadError(f"{path.name}: not a DICOM file")

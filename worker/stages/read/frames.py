@@ -92,10 +92,7 @@ def _classic_frame(ds: Dataset, path: Path) -> Frame:
 
 def _classic_stack_key(ds: Dataset) -> tuple[str, ...]:
     # Echoes, temporal positions and b-values of one series are separate volumes.
-    return tuple(
-        str(ds.get(k, ""))
-        for k in ("EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValue")
-    )
+    return tuple(str(ds.get(k, "")) for k in ("EchoNumbers", "TemporalPositionIdentifier", "DiffusionBValue"))
 
 
 def _enhanced_frames(ds: Dataset, path: Path) -> list[Frame]:
@@ -200,8 +197,9 @@ def _vector(values: Sequence[float] | None, length: int, keyword: str, where: st
 
 def _orthonormal(cosines: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
     row_dir, col_dir = cosines[:3], cosines[3:]
-    norms_ok = np.allclose([np.linalg.norm(row_dir), np.linalg.norm(col_dir)], 1.0,
-                           atol=ORTHONORMAL_TOLERANCE)
+    norms_ok = np.allclose(
+        [np.linalg.norm(row_dir), np.linalg.norm(col_dir)], 1.0, atol=ORTHONORMAL_TOLERANCE
+    )
     if not norms_ok or abs(float(row_dir @ col_dir)) > ORTHONORMAL_TOLERANCE:
         raise GeometryError(
             f"{where}: ImageOrientationPatient {cosines.tolist()} is not two orthonormal vectors"

@@ -117,7 +117,7 @@ def _spacing(steps: np.ndarray, thickness: float | None) -> tuple[float, bool, l
     uniform = bool(np.all(np.abs(steps - smallest) <= tolerance))
     spacing = float(steps.mean()) if uniform else smallest
     gaps = [
-        (int(i), int(round(step / smallest)) - 1)
+        (int(i), round(step / smallest) - 1)
         for i, step in enumerate(steps)
         if round(step / smallest) >= 2 and abs(step - round(step / smallest) * smallest) <= tolerance * 2
     ]
@@ -158,9 +158,7 @@ def build_image(
     if not report.uniform and not policy.resample_nonuniform:
         raise GeometryError(_nonuniform_message(report))
     if tilted and not policy.resample_tilt:
-        raise GeometryError(
-            f"gantry tilt / sheared stack ({report.tilt_degrees:.2f}°) refused by policy"
-        )
+        raise GeometryError(f"gantry tilt / sheared stack ({report.tilt_degrees:.2f}°) refused by policy")
     if not report.uniform or tilted:
         pixels = regularise(pixels, stack, report.slice_spacing)
         report.resampled = True
@@ -169,8 +167,10 @@ def build_image(
 
 def _nonuniform_message(report: StackReport) -> str:
     if report.missing_slices:
-        return (f"{report.missing_slices} missing slice(s) in the series (gaps after sorted "
-                f"slice(s) {[i + 1 for i, _ in report.gaps]}); resampling refused by policy")
+        return (
+            f"{report.missing_slices} missing slice(s) in the series (gaps after sorted "
+            f"slice(s) {[i + 1 for i, _ in report.gaps]}); resampling refused by policy"
+        )
     return "slice spacing is not uniform; resampling refused by policy"
 
 

@@ -93,7 +93,9 @@ def read_rtdose(
         raise DoseError(f"{name}: GridFrameOffsetVector repeats positions")
     report = analyse_stack(stack, None)
     if not report.uniform:
-        warnings.append(f"{name}: uneven GridFrameOffsetVector; dose resampled to {report.slice_spacing:g} mm")
+        warnings.append(
+            f"{name}: uneven GridFrameOffsetVector; dose resampled to {report.slice_spacing:g} mm"
+        )
     gray = _dose_in_gray(ds, name, prescription_gy)
     ordered = gray[[f.frame_index or 0 for f in stack.frames]]
     image = build_image(ordered, stack, report, policy or GeometryPolicy())
@@ -175,8 +177,14 @@ def _dose_frames(ds: Dataset, path: Path, offsets: np.ndarray) -> list[Frame]:
 def _single_plane_view(ds: Dataset) -> Dataset:
     """A header-only copy that reads as one classic plane (the dose's first frame)."""
     view = Dataset()
-    for keyword in ("SOPInstanceUID", "ImagePositionPatient", "ImageOrientationPatient",
-                    "PixelSpacing", "Rows", "Columns"):
+    for keyword in (
+        "SOPInstanceUID",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "Rows",
+        "Columns",
+    ):
         if keyword in ds:
             setattr(view, keyword, ds.data_element(keyword).value)
     return view

@@ -97,7 +97,8 @@ def _check_image_references(ds: Dataset, volume: ImageVolume, name: str) -> None
 
 def _rasterise_roi(roi: Dataset, image: sitk.Image) -> tuple[np.ndarray | None, int]:
     contours = [
-        c for c in roi.get("ContourSequence", [])
+        c
+        for c in roi.get("ContourSequence", [])
         if str(c.get("ContourGeometricType", "")).upper() == "CLOSED_PLANAR"
         and len(c.get("ContourData", [])) >= 9
     ]
@@ -149,7 +150,8 @@ def polygon_mask(rows: np.ndarray, cols: np.ndarray, height: int, width: int) ->
         crossing = (y0 <= r) != (y1 <= r)
         if not crossing.any():
             continue
-        xs = np.sort(x0[crossing] + (r - y0[crossing]) * (x1[crossing] - x0[crossing])
-                     / (y1[crossing] - y0[crossing]))
+        xs = np.sort(
+            x0[crossing] + (r - y0[crossing]) * (x1[crossing] - x0[crossing]) / (y1[crossing] - y0[crossing])
+        )
         mask[r] = np.searchsorted(xs, centres, side="right") % 2 == 1
     return mask

@@ -44,11 +44,8 @@ def read_seg_masks(path: Path, volume: ImageVolume) -> dict[str, np.ndarray]:
     if ds.SOPClassUID != SEGMENTATION_STORAGE:
         raise InputError(f"{path.name}: not a Segmentation (SOPClassUID {ds.SOPClassUID})")
     if str(ds.get("FrameOfReferenceUID", "")) != volume.frame_of_reference_uid:
-        raise BrokenReferenceError(
-            f"{path.name}: SEG frame of reference differs from the image series'"
-        )
-    labels = {int(s.SegmentNumber): str(s.get("SegmentLabel", s.SegmentNumber))
-              for s in ds.SegmentSequence}
+        raise BrokenReferenceError(f"{path.name}: SEG frame of reference differs from the image series'")
+    labels = {int(s.SegmentNumber): str(s.get("SegmentLabel", s.SegmentNumber)) for s in ds.SegmentSequence}
     size = volume.image.GetSize()
     masks = {label: np.zeros((size[2], size[1], size[0]), dtype=bool) for label in labels.values()}
     planes = _binary_frames(ds)
@@ -88,5 +85,5 @@ def _slice_index(frame: Frame, volume: ImageVolume, name: str) -> int | None:
     )
     if not (same_plane and same_pixels and on_grid and (frame.rows, frame.cols) == image.GetSize()[1::-1]):
         raise GeometryError(f"{name}: SEG frames do not lie on the image series' pixel grid")
-    k = int(round(index[2]))
+    k = round(index[2])
     return k if 0 <= k < image.GetSize()[2] else None

@@ -116,9 +116,7 @@ def _select_frames(frames: list[Frame], warnings: list[str]) -> list[Frame]:
     groups = Counter((f.orientation_key, f.rows, f.cols) for f in kept)
     main, count = groups.most_common(1)[0]
     if count < len(kept):
-        warnings.append(
-            f"{len(kept) - count} image(s) with another orientation or matrix size dropped"
-        )
+        warnings.append(f"{len(kept) - count} image(s) with another orientation or matrix size dropped")
     kept = [f for f in kept if (f.orientation_key, f.rows, f.cols) == main]
     stacks = {f.stack_key for f in kept}
     if len(stacks) > 1:

@@ -1,0 +1,67 @@
+"""The ``rtinjury`` command line: one entry point, one sub-command per job.
+
+Bad input ends as one line on stderr and a non-zero exit status, never a traceback; heavy
+imports happen inside the sub-command that needs them so that ``rtinjury --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from service.cli import inspect_cmd, synth_cmd
+from worker.errors import InputError
+
+EXIT_INPUT_ERROR = 2
+EXIT_INTERNAL_ERROR = 70
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("rtinjury")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every sub-command registered."""
+    parser = argparse.ArgumentParser(
+        prog="rtinjury",
+        description="Find and measure radiotherapy-induced normal-tissue injuries in DICOM-RT data.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    synth_cmd.register(commands)
+    inspect_cmd.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.debug else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args))
+    except InputError as exc:
+        _fail(f"error: {exc.message}")
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        if args.debug:
+            raise
+        log.debug("internal error", exc_info=True)
+        _fail(f"internal error ({type(exc).__name__}); run with --debug for details")
+        return EXIT_INTERNAL_ERROR
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(f"rtinjury: {message}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
