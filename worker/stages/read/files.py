@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
@@ -18,12 +19,18 @@ from worker.errors import DicomReadError
 
 #: Attributes every composite instance must carry for us to place it in a study.
 REQUIRED_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID")
+#: Values larger than this are not read with the header (pixel data, mostly).
+DEFER_BYTES = 4096
+UNDEFINED_LENGTH = 0xFFFFFFFF
 #: Error code of a DICOM file cut short (as opposed to a file that is not DICOM at all).
 TRUNCATED = "truncated-file"
 
 
 def read_header(path: Path) -> Dataset:
-    """Read a file's attributes without its pixel data.
+    """Read a file's attributes without loading its pixel data.
+
+    Large values (pixel data above all) are deferred: their declared lengths are checked
+    against the file size, which finds a truncated file without reading it.
 
     Parameters
     ----------
@@ -40,7 +47,7 @@ def read_header(path: Path) -> Dataset:
     worker.errors.DicomReadError
         The file is not DICOM, lacks SOP identification, or is shorter than its pixel data.
     """
-    ds = _read(path, stop_before_pixels=True)
+    ds = _read(path, stop_before_pixels=False, defer_size=DEFER_BYTES)
     _check_not_truncated(ds, path)
     return ds
 
@@ -52,13 +59,13 @@ def read_dataset(path: Path) -> Dataset:
     return ds
 
 
-def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
+def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except InvalidDicomError:
         # Some exporters omit the preamble and 'DICM' prefix; accept such a file only when a
         # forced parse finds the SOP identification, so random bytes are still refused.
-        ds = _read_forced(path, stop_before_pixels)
+        ds = _read_forced(path, stop_before_pixels, defer_size)
     except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DicomReadError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
     missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
@@ -67,9 +74,9 @@ def _read(path: Path, *, stop_before_pixels: bool) -> Dataset:
     return ds
 
 
-def _read_forced(path: Path, stop_before_pixels: bool) -> Dataset:
+def _read_forced(path: Path, stop_before_pixels: bool, defer_size: int | None) -> Dataset:
     try:
-        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
         identified = all(ds.get(k) for k in REQUIRED_IDENTIFIERS)
     except Exception as exc:
         raise DicomReadError(f"{path.name}: not a DICOM file") from exc
@@ -94,13 +101,17 @@ def expected_native_pixel_bytes(ds: Dataset) -> int | None:
 
 
 def _check_not_truncated(ds: Dataset, path: Path) -> None:
-    expected = expected_native_pixel_bytes(ds)
-    if expected is not None and os.path.getsize(path) < expected:
-        raise DicomReadError(
-            f"{path.name}: file is truncated ({os.path.getsize(path)} bytes on disk, "
-            f"pixel data alone needs {expected})",
-            code=TRUNCATED,
-        )
+    size = os.path.getsize(path)
+    for tag in ds.keys():
+        element = ds.get_item(tag, keep_deferred=True)
+        if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
+            continue
+        if element.value_tell is not None and element.value_tell + element.length > size:
+            raise DicomReadError(
+                f"{path.name}: file is truncated ({size} bytes on disk, "
+                f"{element.value_tell + element.length} declared)",
+                code=TRUNCATED,
+            )
 
 
 def _check_native_pixel_length(ds: Dataset, path: Path) -> None:
