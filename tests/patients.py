@@ -52,17 +52,35 @@ def write_patient(
     tag = f"{root.name}-{patient_id}"
     planning_for = uid(tag, "planning-for")
     planning = SeriesSpec(
-        positions=axial_positions(8), patient_id=patient_id, frame_of_reference_uid=planning_for,
-        series_instance_uid=uid(tag, "planning"), study_instance_uid=uid(tag, "planning-study"),
-        series_description="Planning CT", date="20230101", name="planning",
+        positions=axial_positions(8),
+        patient_id=patient_id,
+        frame_of_reference_uid=planning_for,
+        series_instance_uid=uid(tag, "planning"),
+        study_instance_uid=uid(tag, "planning-study"),
+        series_description="Planning CT",
+        date="20230101",
+        name="planning",
     )
     write_series(planning, root / "planning")
     plan_uid = uid(tag, "plan")
     if with_plan:
-        write_rtplan(root / "rtplan.dcm", sop_uid=plan_uid, prescription_gy=70.0, fractions=35,
-                     frame_of_reference_uid=planning_for, patient_id=patient_id)
-    write_rtdose(DoseSpec(frame_of_reference_uid=dose_for or planning_for, plan_uid=plan_uid,
-                          patient_id=patient_id, name=f"{tag}-dose"), root / "rtdose.dcm")
+        write_rtplan(
+            root / "rtplan.dcm",
+            sop_uid=plan_uid,
+            prescription_gy=70.0,
+            fractions=35,
+            frame_of_reference_uid=planning_for,
+            patient_id=patient_id,
+        )
+    write_rtdose(
+        DoseSpec(
+            frame_of_reference_uid=dose_for or planning_for,
+            plan_uid=plan_uid,
+            patient_id=patient_id,
+            name=f"{tag}-dose",
+        ),
+        root / "rtdose.dcm",
+    )
     patient = PatientFiles(root, patient_id, planning_for, planning.series_instance_uid, plan_uid)
     for number, followup in enumerate(followups):
         patient.followup_series.append(_write_followup(root, tag, patient_id, number, followup))
@@ -71,10 +89,15 @@ def write_patient(
 
 def _write_followup(root: Path, tag: str, patient_id: str, number: int, spec: FollowupSpec) -> str:
     series = SeriesSpec(
-        positions=axial_positions(spec.slices, origin=(-18.0, -14.0, -8.0)), modality=spec.modality,
-        patient_id=patient_id, frame_of_reference_uid=uid(tag, "followup-for", number),
-        series_instance_uid=uid(tag, "followup", number), study_instance_uid=uid(tag, "fu-study", number),
-        series_description=spec.description, date=spec.date, name=f"followup{number}",
+        positions=axial_positions(spec.slices, origin=(-18.0, -14.0, -8.0)),
+        modality=spec.modality,
+        patient_id=patient_id,
+        frame_of_reference_uid=uid(tag, "followup-for", number),
+        series_instance_uid=uid(tag, "followup", number),
+        study_instance_uid=uid(tag, "fu-study", number),
+        series_description=spec.description,
+        date=spec.date,
+        name=f"followup{number}",
     )
     paths = write_series(series, root / f"followup{number}")
     if spec.contrast_agent is not None or spec.image_type is not None:

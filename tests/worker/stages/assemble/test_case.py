@@ -148,12 +148,18 @@ def test_rtstruct_listing_absent_planning_slices_is_reported(tmp_path: Path) -> 
     for name in ("ct.0.dcm", "rtdose.dcm", "rtplan.dcm", "rtss.dcm"):
         shutil.copy(breast / name, tmp_path / name)
     followup = SeriesSpec(
-        positions=axial_positions(6), modality="MR", patient_id="123456", date="20100101",
-        series_description="AX T2 FLAIR", name="fu",
+        positions=axial_positions(6),
+        modality="MR",
+        patient_id="123456",
+        date="20100101",
+        series_description="AX T2 FLAIR",
+        name="fu",
     )
     write_series(followup, tmp_path / "followup")
     case = assemble_cases(tmp_path, tmp_path / "work").cases[0]
-    assert "planning CT: 97 of 98 images listed by the RTSTRUCT are missing (slices not sent)" in case.warnings
+    assert (
+        "planning CT: 97 of 98 images listed by the RTSTRUCT are missing (slices not sent)" in case.warnings
+    )
     data = read_case(case)
     assert data.dose.max_gy == pytest.approx(14.68, abs=0.01)
     assert data.prescription_gy == pytest.approx(14.0)
