@@ -8,12 +8,13 @@ later stage can trust the datasets it gets.
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 
 from worker.errors import DicomReadError
 
@@ -22,6 +23,18 @@ REQUIRED_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID")
 #: Values larger than this are not read with the header (pixel data, mostly).
 DEFER_BYTES = 4096
 UNDEFINED_LENGTH = 0xFFFFFFFF
+#: What pydicom raises on a damaged file: a file cut inside an element header gives struct.error,
+#: a value of impossible length BytesLengthException, an invalid value (strict mode) ValueError.
+PARSE_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    struct.error,
+    BytesLengthException,
+)
 #: Error code of a DICOM file cut short (as opposed to a file that is not DICOM at all).
 TRUNCATED = "truncated-file"
 
@@ -47,9 +60,7 @@ def read_header(path: Path) -> Dataset:
     worker.errors.DicomReadError
         The file is not DICOM, lacks SOP identification, or is shorter than its pixel data.
     """
-    ds = _read(path, stop_before_pixels=False, defer_size=DEFER_BYTES)
-    _check_not_truncated(ds, path)
-    return ds
+    return _read(path, stop_before_pixels=False, defer_size=DEFER_BYTES)
 
 
 def read_dataset(path: Path) -> Dataset:
@@ -60,15 +71,22 @@ def read_dataset(path: Path) -> Dataset:
 
 
 def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None) -> Dataset:
+    ds: Dataset
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
     except InvalidDicomError:
         # Some exporters omit the preamble and 'DICM' prefix; accept such a file only when a
         # forced parse finds the SOP identification, so random bytes are still refused.
         ds = _read_forced(path, stop_before_pixels, defer_size)
-    except (OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as exc:
+    except PARSE_ERRORS as exc:
         raise DicomReadError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
-    missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
+    # Before any value is converted: a converted element no longer records where its value
+    # ends, so a file cut inside one (SOPInstanceUID, say) would otherwise pass.
+    _check_not_truncated(ds, path)
+    try:
+        missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
+    except PARSE_ERRORS as exc:
+        raise DicomReadError(f"{path.name}: SOP identification unreadable ({type(exc).__name__})") from exc
     if missing:
         raise DicomReadError(f"{path.name}: not a DICOM composite instance (missing {', '.join(missing)})")
     return ds
@@ -77,7 +95,8 @@ def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None
 def _read_forced(path: Path, stop_before_pixels: bool, defer_size: int | None) -> Dataset:
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
-        identified = all(ds.get(k) for k in REQUIRED_IDENTIFIERS)
+        # Presence only: values are converted after the truncation check in _read.
+        identified = all(k in ds for k in REQUIRED_IDENTIFIERS)
     except Exception as exc:
         raise DicomReadError(f"{path.name}: not a DICOM file") from exc
     if not identified:

@@ -186,7 +186,7 @@ def _single_plane_view(ds: Dataset) -> Dataset:
         "Columns",
     ):
         if keyword in ds:
-            setattr(view, keyword, ds.data_element(keyword).value)
+            setattr(view, keyword, ds[keyword].value)
     return view
 
 
