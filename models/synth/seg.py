@@ -1,0 +1,152 @@
+"""Ground-truth DICOM-SEG writer (highdicom), one binary segment on the follow-up series.
+
+Segment codes (SNOMED CT, the property types of DICOM CID 7151 with the
+category of CID 7150, and the anatomic region of CID 7151/4):
+
+=====  ==========================================  =========================  ===================
+task   category                                    property type              anatomic region
+=====  ==========================================  =========================  ===================
+orn    49755003 Morphologically Abnormal Structure  6574001 Necrosis           91609006 Mandible
+ce     49755003 Morphologically Abnormal Structure  79654002 Edema             78277001 Temporal lobe
+crn    49755003 Morphologically Abnormal Structure  6574001 Necrosis           78277001 Temporal lobe
+=====  ==========================================  =========================  ===================
+
+The disorder concepts (e.g. 2032001 "Cerebral edema") are not used: the
+segmented property is the morphologic change, the disease is in the label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from .dicom_common import (
+    DEVICE_SERIAL,
+    INSTITUTION,
+    MANUFACTURER,
+    MODEL_NAME,
+    SOFTWARE_VERSION,
+    SeriesInfo,
+    da,
+    make_uid,
+    write,
+)
+
+
+@dataclass(frozen=True)
+class SegmentCodes:
+    """Label and SNOMED CT codes of one task's segment."""
+
+    label: str
+    category: Code
+    property_type: Code
+    anatomic_region: Code
+
+
+SEGMENT_CODES: dict[str, SegmentCodes] = {
+    "orn": SegmentCodes(
+        "Osteoradionecrosis",
+        codes.SCT.MorphologicallyAbnormalStructure,
+        codes.SCT.Necrosis,
+        codes.SCT.Mandible,
+    ),
+    "ce": SegmentCodes(
+        "Cerebral edema",
+        codes.SCT.MorphologicallyAbnormalStructure,
+        codes.SCT.Edema,
+        codes.SCT.TemporalLobe,
+    ),
+    "crn": SegmentCodes(
+        "Cerebral radiation necrosis",
+        codes.SCT.MorphologicallyAbnormalStructure,
+        codes.SCT.Necrosis,
+        codes.SCT.TemporalLobe,
+    ),
+}
+
+SERIES_DESCRIPTION = "Ground truth (synthetic)"
+
+
+def _segment(task: str, tracking_uid: str) -> hd.seg.SegmentDescription:
+    spec = SEGMENT_CODES[task]
+    segment = hd.seg.SegmentDescription(
+        segment_number=1,
+        segment_label=spec.label,
+        segmented_property_category=spec.category,
+        segmented_property_type=spec.property_type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        tracking_uid=tracking_uid,
+        tracking_id=f"{task.upper()} lesion 1",
+        anatomic_regions=[spec.anatomic_region],
+    )
+    segment.SegmentDescription = "Synthetic ground truth: analytic lesion sampled at voxel centres"
+    return segment
+
+
+def _make_deterministic(seg: hd.seg.Segmentation, series: SeriesInfo) -> None:
+    # highdicom stamps the creation time from the clock and draws a random
+    # DimensionOrganizationUID; replace both so equal inputs give equal bytes.
+    seg.InstanceCreationDate = da(series.date)
+    seg.InstanceCreationTime = series.time
+    new_uid = make_uid(series.uid, "dimension-organization")
+    seg.DimensionOrganizationSequence[0].DimensionOrganizationUID = new_uid
+    for index in seg.DimensionIndexSequence:
+        index.DimensionOrganizationUID = new_uid
+
+
+def write_seg(
+    task: str,
+    mask: np.ndarray,
+    source_images: list[Dataset],
+    series: SeriesInfo,
+    sop_instance_uid: str,
+    tracking_uid: str,
+    path: Path,
+) -> Dataset:
+    """Write the ground truth of one follow-up as a binary DICOM-SEG.
+
+    Parameters
+    ----------
+    task : str
+        "orn", "ce" or "crn" (selects label and codes).
+    mask : numpy.ndarray, bool, shape (slices, rows, columns)
+        Lesion on the follow-up grid, slices in the order of ``source_images``.
+    source_images : list of pydicom.dataset.Dataset
+        The follow-up series the mask is drawn on.
+    series : SeriesInfo
+        The SEG series (its date is the content date).
+    sop_instance_uid, tracking_uid : str
+    path : pathlib.Path
+    """
+    seg = hd.seg.Segmentation(
+        source_images=source_images,
+        pixel_array=mask.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[_segment(task, tracking_uid)],
+        series_instance_uid=series.uid,
+        series_number=series.number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=SOFTWARE_VERSION,
+        device_serial_number=DEVICE_SERIAL,
+        content_description="Synthetic ground truth",
+        content_creator_name="SYNTH^GROUNDTRUTH",
+        content_label="GROUND_TRUTH",
+        series_description=SERIES_DESCRIPTION,
+        content_date=series.date,
+        content_time=series.time,
+        series_date=series.date,
+        series_time=series.time,
+        institution_name=INSTITUTION,
+    )
+    _make_deterministic(seg, series)
+    write(seg, path)
+    return seg
