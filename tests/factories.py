@@ -1,4 +1,4 @@
-"""Tiny deterministic DICOM writers for tests: image series, enhanced images, RTDOSE, RTPLAN.
+"""Tiny deterministic DICOM writers for tests: image series, enhanced images, RTDOSE, RTPLAN, RTSTRUCT.
 
 Pixel values encode position: every image written here stores ``linear_field(p)`` at the
 patient-space centre ``p`` of each pixel, so any reader that places pixels correctly reproduces
@@ -9,7 +9,7 @@ exactly, so resampled stacks are checked to round-off.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from pydicom.uid import (
     MRImageStorage,
     RTDoseStorage,
     RTPlanStorage,
+    RTStructureSetStorage,
     generate_uid,
 )
 
@@ -319,6 +320,124 @@ def write_rtplan(
     ds.FractionGroupSequence = DicomSequence([group])
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def write_rtstruct(
+    path: Path,
+    spec: SeriesSpec,
+    rois: Mapping[str, Sequence[np.ndarray]],
+    *,
+    frame_of_reference_uid: str | None = None,
+) -> Path:
+    """A minimal RTSTRUCT on the series written from ``spec``, one ROI per entry of ``rois``.
+
+    Each contour is an array of LPS points (N, 3) in mm, written as CLOSED_PLANAR. It references
+    the slice of ``spec`` nearest to it along the slice normal, so image references stay valid
+    even for a contour that lies between or beyond the slices.
+    """
+    for_uid = frame_of_reference_uid or spec.frame_of_reference_uid
+    series = SeriesSpec(
+        positions=[],
+        modality="RTSTRUCT",
+        patient_id=spec.patient_id,
+        frame_of_reference_uid=for_uid,
+        series_instance_uid=uid(spec.series_instance_uid, "rtstruct"),
+        study_instance_uid=spec.study_instance_uid,
+    )
+    ds = base_dataset(RTStructureSetStorage, uid(spec.series_instance_uid, "rtstruct", "sop"), series)
+    del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator  # an RTSTRUCT names it per ROI
+    ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "TEST", spec.date, "120000"
+    image_class = CTImageStorage if spec.modality == "CT" else MRImageStorage
+    slice_uids = [uid(spec.series_instance_uid, i) for i in range(len(spec.positions))]
+    images = [_item(ReferencedSOPClassUID=image_class, ReferencedSOPInstanceUID=u) for u in slice_uids]
+    series_ref = _item(SeriesInstanceUID=spec.series_instance_uid, ContourImageSequence=DicomSequence(images))
+    study_ref = _item(
+        ReferencedSOPClassUID="1.2.840.10008.3.1.2.3.1",  # Detached Study Management (retired, customary)
+        ReferencedSOPInstanceUID=spec.study_instance_uid,
+        RTReferencedSeriesSequence=DicomSequence([series_ref]),
+    )
+    ds.ReferencedFrameOfReferenceSequence = DicomSequence(
+        [_item(FrameOfReferenceUID=for_uid, RTReferencedStudySequence=DicomSequence([study_ref]))]
+    )
+    nearest = _nearest_slice(spec)
+    ds.StructureSetROISequence = DicomSequence()
+    ds.ROIContourSequence = DicomSequence()
+    ds.RTROIObservationsSequence = DicomSequence()
+    for number, (name, contours) in enumerate(rois.items(), start=1):
+        ds.StructureSetROISequence.append(
+            _item(
+                ROINumber=number,
+                ReferencedFrameOfReferenceUID=for_uid,
+                ROIName=name,
+                ROIGenerationAlgorithm="",
+            )
+        )
+        items = [_contour_item(points, images[nearest(points)]) for points in contours]
+        ds.ROIContourSequence.append(
+            _item(
+                ReferencedROINumber=number, ROIDisplayColor=[255, 0, 0], ContourSequence=DicomSequence(items)
+            )
+        )
+        ds.RTROIObservationsSequence.append(
+            _item(
+                ObservationNumber=number,
+                ReferencedROINumber=number,
+                RTROIInterpretedType="",
+                ROIInterpreter="",
+            )
+        )
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def _nearest_slice(spec: SeriesSpec) -> Callable[[np.ndarray], int]:
+    normal = np.cross(np.asarray(spec.orientation[:3], float), np.asarray(spec.orientation[3:], float))
+    depths = np.asarray(spec.positions, float) @ normal
+    return lambda points: int(np.argmin(np.abs(depths - np.asarray(points, float).mean(axis=0) @ normal)))
+
+
+def _contour_item(points: np.ndarray, image: Dataset) -> Dataset:
+    image_ref = _item(
+        ReferencedSOPClassUID=image.ReferencedSOPClassUID,
+        ReferencedSOPInstanceUID=image.ReferencedSOPInstanceUID,
+    )
+    flat = np.asarray(points, float).ravel()
+    return _item(
+        ContourImageSequence=DicomSequence([image_ref]),
+        ContourGeometricType="CLOSED_PLANAR",
+        NumberOfContourPoints=len(flat) // 3,
+        ContourData=[f"{v:.4f}" for v in flat],  # DS values stay within 16 characters
+    )
+
+
+def square_contour(centre: Sequence[float], half_x: float, half_y: float) -> np.ndarray:
+    """An axial rectangle (4 LPS points) around ``centre``, at the centre's z."""
+    x, y, z = (float(v) for v in centre)
+    return np.array(
+        [
+            [x - half_x, y - half_y, z],
+            [x + half_x, y - half_y, z],
+            [x + half_x, y + half_y, z],
+            [x - half_x, y + half_y, z],
+        ]
+    )
+
+
+def compress_files(paths: Sequence[Path], syntax: str, folder: Path) -> list[Path]:
+    """Copies of ``paths`` in ``folder`` re-encoded with a compressed transfer syntax.
+
+    Uses pydicom's encoders: RLE Lossless natively, JPEG-LS through pyjpegls and JPEG 2000
+    through pylibjpeg-openjpeg (which needs images of at least 32 x 32 pixels).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        target = folder / Path(path).name
+        ds.save_as(target, enforce_file_format=True)
+        written.append(target)
+    return written
 
 
 def read_back(path: Path) -> Dataset:

@@ -80,13 +80,18 @@ def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None
         ds = _read_forced(path, stop_before_pixels, defer_size)
     except PARSE_ERRORS as exc:
         raise DicomReadError(f"{path.name}: not a readable DICOM file ({type(exc).__name__})") from exc
-    # Before any value is converted: a converted element no longer records where its value
+    # Presence first (garbage is not DICOM, whatever lengths it seems to declare), then lengths
+    # before any value is converted: a converted element no longer records where its value
     # ends, so a file cut inside one (SOPInstanceUID, say) would otherwise pass.
-    _check_not_truncated(ds, path)
-    try:
-        missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
-    except PARSE_ERRORS as exc:
-        raise DicomReadError(f"{path.name}: SOP identification unreadable ({type(exc).__name__})") from exc
+    missing = [k for k in REQUIRED_IDENTIFIERS if k not in ds]
+    if not missing:
+        _check_not_truncated(ds, path)
+        try:
+            missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
+        except PARSE_ERRORS as exc:
+            raise DicomReadError(
+                f"{path.name}: SOP identification unreadable ({type(exc).__name__})"
+            ) from exc
     if missing:
         raise DicomReadError(f"{path.name}: not a DICOM composite instance (missing {', '.join(missing)})")
     return ds
@@ -121,7 +126,8 @@ def expected_native_pixel_bytes(ds: Dataset) -> int | None:
 
 def _check_not_truncated(ds: Dataset, path: Path) -> None:
     size = os.path.getsize(path)
-    for tag in ds.keys():
+    # Iterating the dataset itself would convert every raw element; its tags do not.
+    for tag in tuple(ds.keys()):
         element = ds.get_item(tag, keep_deferred=True)
         if not isinstance(element, RawDataElement) or element.length == UNDEFINED_LENGTH:
             continue

@@ -55,6 +55,20 @@ def decode_frames(frames: list[Frame]) -> DecodeResult:
     return result
 
 
+def decoded_pixel_array(ds: Dataset, name: str) -> np.ndarray:
+    """The decoded pixel array of a whole instance (RTDOSE, SEG), as pydicom gives it.
+
+    Raises
+    ------
+    worker.errors.DicomReadError
+        The instance has no pixel data, or its pixel data cannot be decoded.
+    """
+    decoded = _pixel_array(ds)
+    if isinstance(decoded, str):
+        raise DicomReadError(f"{name}: {decoded}")
+    return decoded
+
+
 def _decode_file(path: Path) -> np.ndarray | str:
     """The file's pixel array, or the reason it could not be decoded."""
     try:

@@ -28,6 +28,7 @@ from worker.stages.read.geometry import (
     build_image,
     sort_frames,
 )
+from worker.stages.read.pixels import decoded_pixel_array
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 GRID_FRAME_OFFSET_VECTOR = Tag(0x3004, 0x000C)
@@ -79,6 +80,8 @@ def read_rtdose(
     ------
     worker.errors.DoseError
         Not an RTDOSE, missing or inconsistent attributes, unsupported units or dose type.
+    worker.errors.DicomReadError
+        The file is truncated or its pixel data cannot be decoded.
     """
     ds = read_dataset(Path(path))
     name = Path(path).name
@@ -193,7 +196,7 @@ def _single_plane_view(ds: Dataset) -> Dataset:
 def _dose_in_gray(ds: Dataset, name: str, prescription_gy: float | None) -> np.ndarray:
     if "DoseGridScaling" not in ds or ds.DoseGridScaling in (None, ""):
         raise DoseError(f"{name}: DoseGridScaling missing; stored values cannot be turned into dose")
-    values = ds.pixel_array.astype(np.float64)
+    values = decoded_pixel_array(ds, name).astype(np.float64)
     if values.ndim == 2:
         values = values[None]
     dose = values * float(ds.DoseGridScaling)

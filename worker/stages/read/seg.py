@@ -16,6 +16,7 @@ from pydicom.dataset import Dataset
 from worker.errors import BrokenReferenceError, GeometryError, InputError
 from worker.stages.read.files import read_dataset
 from worker.stages.read.frames import Frame, frames_from_dataset
+from worker.stages.read.pixels import decoded_pixel_array
 from worker.stages.read.rtstruct import physical_to_index
 from worker.stages.read.series import ImageVolume
 
@@ -48,17 +49,17 @@ def read_seg_masks(path: Path, volume: ImageVolume) -> dict[str, np.ndarray]:
     labels = {int(s.SegmentNumber): str(s.get("SegmentLabel", s.SegmentNumber)) for s in ds.SegmentSequence}
     size = volume.image.GetSize()
     masks = {label: np.zeros((size[2], size[1], size[0]), dtype=bool) for label in labels.values()}
-    planes = _binary_frames(ds)
+    planes = _binary_frames(ds, path.name)
     for index, frame in enumerate(frames_from_dataset(ds, path)):
         k = _slice_index(frame, volume, path.name)
         if k is None:
             continue
-        masks[labels[_segment_number(ds, index)]][k] |= planes[index]
+        masks[labels[_segment_number(ds, index, path.name)]][k] |= planes[index]
     return masks
 
 
-def _binary_frames(ds: Dataset) -> np.ndarray:
-    planes = ds.pixel_array
+def _binary_frames(ds: Dataset, name: str) -> np.ndarray:
+    planes = decoded_pixel_array(ds, name)
     if planes.ndim == 2:
         planes = planes[None]
     if str(ds.get("SegmentationType", "BINARY")).upper() == "FRACTIONAL":
@@ -66,9 +67,13 @@ def _binary_frames(ds: Dataset) -> np.ndarray:
     return planes.astype(bool)
 
 
-def _segment_number(ds: Dataset, index: int) -> int:
-    item = ds.PerFrameFunctionalGroupsSequence[index]
-    return int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+def _segment_number(ds: Dataset, index: int, name: str) -> int:
+    # Per frame as a rule, but a SEG of one segment may share it (highdicom does).
+    groups = [ds.PerFrameFunctionalGroupsSequence[index], *ds.get("SharedFunctionalGroupsSequence", [])[:1]]
+    for group in groups:
+        if "SegmentIdentificationSequence" in group:
+            return int(group.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+    raise InputError(f"{name}: SEG frame {index + 1} has no SegmentIdentificationSequence")
 
 
 def _slice_index(frame: Frame, volume: ImageVolume, name: str) -> int | None:
