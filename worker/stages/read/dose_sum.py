@@ -83,6 +83,11 @@ def _sum_beams(beams: list[DoseGrid]) -> DoseGrid:
     if len(plans) != 1 or None in plans:
         raise DoseError("BEAM doses do not all reference one RTPLAN; refusing to sum them")
     _check_consistent(beams)
+    numbers = [n for g in beams for n in g.referenced_beam_numbers]
+    repeated = sorted({n for n in numbers if numbers.count(n) > 1})
+    if repeated:
+        # Two doses of one beam (a recalculation, a re-export) would count that beam twice.
+        raise DoseError(f"several BEAM doses for beam number(s) {repeated}; refusing to sum them")
     total = sum((sitk.GetArrayFromImage(g.image) for g in beams), np.zeros(1))
     image = sitk.GetImageFromArray(np.asarray(total, dtype=np.float64))
     image.CopyInformation(beams[0].image)

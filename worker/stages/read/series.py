@@ -113,11 +113,13 @@ def _select_frames(frames: list[Frame], warnings: list[str]) -> list[Frame]:
         warnings.append(f"{len(frames) - len(kept)} localizer image(s) dropped")
     if not kept:
         raise GeometryError("the series holds only localizer images")
-    groups = Counter((f.orientation_key, f.rows, f.cols) for f in kept)
+    groups = Counter(_plane_grid(f) for f in kept)
     main, count = groups.most_common(1)[0]
     if count < len(kept):
-        warnings.append(f"{len(kept) - count} image(s) with another orientation or matrix size dropped")
-    kept = [f for f in kept if (f.orientation_key, f.rows, f.cols) == main]
+        warnings.append(
+            f"{len(kept) - count} image(s) with another orientation, pixel spacing or matrix size dropped"
+        )
+    kept = [f for f in kept if _plane_grid(f) == main]
     stacks = {f.stack_key for f in kept}
     if len(stacks) > 1:
         raise GeometryError(
@@ -125,6 +127,12 @@ def _select_frames(frames: list[Frame], warnings: list[str]) -> list[Frame]:
             "positions or b-values); a 4D series needs a role rule that selects one"
         )
     return kept
+
+
+def _plane_grid(frame: Frame) -> tuple[object, ...]:
+    # Every frame of the volume is placed with the first frame's pixel grid, so frames must
+    # agree on orientation, matrix size and pixel spacing to be stacked.
+    return (frame.orientation_key, frame.rows, frame.cols, tuple(round(v, 4) for v in frame.pixel_spacing))
 
 
 def _decode_failure_message(decoded: int, received: int, failures: list[str]) -> str:

@@ -87,6 +87,14 @@ def test_three_beam_doses_of_one_plan_are_summed_exactly(tmp_path: Path) -> None
         assert getattr(total.image, getter)() == getattr(beams[0].image, getter)()
 
 
+def test_two_doses_of_the_same_beam_are_not_summed(tmp_path: Path) -> None:
+    a = _grid(tmp_path, "a", summation_type="BEAM", plan_uid=PLAN, beam_numbers=(1,))
+    b = _grid(tmp_path, "b", summation_type="BEAM", plan_uid=PLAN, beam_numbers=(2,))
+    again = _grid(tmp_path, "again", summation_type="BEAM", plan_uid=PLAN, beam_numbers=(1,))
+    with pytest.raises(DoseError, match=r"several BEAM doses for beam number\(s\) \[1\]"):
+        total_dose([a, b, again])
+
+
 def test_beam_doses_of_different_plans_are_refused(tmp_path: Path) -> None:
     a = _grid(tmp_path, "a", summation_type="BEAM", plan_uid=PLAN, beam_numbers=(1,))
     b = _grid(tmp_path, "b", summation_type="BEAM", plan_uid=OTHER_PLAN, beam_numbers=(1,))

@@ -121,8 +121,20 @@ def test_images_of_another_orientation_or_size_are_dropped(tmp_path: Path) -> No
     )
     paths.append(_write_extra_slice(replace(spec, rows=8), 51, (-20, -16, 30), tmp_path / "m.dcm"))
     volume = read_image_series(paths)
-    assert "2 image(s) with another orientation or matrix size dropped" in volume.warnings
+    assert "2 image(s) with another orientation, pixel spacing or matrix size dropped" in volume.warnings
     assert volume.image.GetSize() == (20, 16, 5)
+
+
+def test_slice_with_another_pixel_spacing_is_not_stacked(tmp_path: Path) -> None:
+    # Stacked with the others, its pixels would be placed on a 2 mm grid they were not sampled on.
+    spec = SeriesSpec(positions=axial_positions(5))
+    paths = write_series(spec, tmp_path)
+    _write_extra_slice(replace(spec, pixel_spacing=(2.5, 2.5)), 2, spec.positions[2], paths[2])
+    volume = read_image_series(paths)
+    assert "1 image(s) with another orientation, pixel spacing or matrix size dropped" in volume.warnings
+    assert volume.report.missing_slices == 1 and volume.report.resampled
+    points = interior_points(volume.image)
+    np.testing.assert_allclose(sample(volume.image, points), linear_field(points), atol=RESCALE_SLOPE)
 
 
 def test_series_of_localizers_only_is_refused(tmp_path: Path) -> None:
