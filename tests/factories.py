@@ -345,7 +345,7 @@ def write_rtstruct(
         study_instance_uid=spec.study_instance_uid,
     )
     ds = base_dataset(RTStructureSetStorage, uid(spec.series_instance_uid, "rtstruct", "sop"), series)
-    del ds.FrameOfReferenceUID, ds.PositionReferenceIndicator  # an RTSTRUCT names it per ROI
+    ds.OperatorsName = ""
     ds.StructureSetLabel, ds.StructureSetDate, ds.StructureSetTime = "TEST", spec.date, "120000"
     image_class = CTImageStorage if spec.modality == "CT" else MRImageStorage
     slice_uids = [uid(spec.series_instance_uid, i) for i in range(len(spec.positions))]

@@ -296,3 +296,17 @@ def test_non_square_squares_agree_with_plastimatch(tmp_path: Path) -> None:
     theirs = _plastimatch_masks(structure_set, ct_files, tmp_path / "plastimatch")["Box"]
     assert ours.sum(axis=(1, 2)).tolist() == [0, 0, 110, 0, 110]
     np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.tools
+def test_test_made_structure_set_is_a_valid_iod(tmp_path: Path) -> None:
+    # The reader tests above run on structure sets written by tests.factories: check they are
+    # what a conforming system would send.
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed")
+    path = write_rtstruct(
+        tmp_path / "rs.dcm", NON_SQUARE, {"Ring": [_square(-6.0, **OUTER), _square(-6.0, **HOLE)]}
+    )
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
+    assert errors == []
