@@ -26,6 +26,9 @@ SPACING_TOLERANCE_MM = 0.005
 TILT_DRIFT_FRACTION = 0.1
 #: Angle between slice normal and the nearest patient axis above which a stack is oblique.
 OBLIQUE_DEGREES = 1.0
+#: Resampling may make at most this many slices per received slice (gaps, uneven steps); more
+#: means near-duplicate positions, and a grid at their spacing would exhaust memory.
+MAX_RESAMPLE_FACTOR = 10
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,8 @@ def build_image(
     Raises
     ------
     worker.errors.GeometryError
-        The stack is non-uniform or tilted and the policy refuses resampling.
+        The stack is non-uniform or tilted and the policy refuses resampling, or its closest
+        slices are so close that the regular grid would be more than ten times larger.
     """
     tilted = report.tilt_degrees > 0.0
     if not report.uniform and not policy.resample_nonuniform:
@@ -160,6 +164,12 @@ def build_image(
     if tilted and not policy.resample_tilt:
         raise GeometryError(f"gantry tilt / sheared stack ({report.tilt_degrees:.2f}°) refused by policy")
     if not report.uniform or tilted:
+        count = _grid_slices(stack.distances, report.slice_spacing)
+        if count > MAX_RESAMPLE_FACTOR * report.slices:
+            raise GeometryError(
+                f"slices only {report.slice_spacing:.3g} mm apart (near-duplicate positions?); a regular "
+                f"grid at that spacing would need {count} slices for {report.slices} received"
+            )
         pixels = regularise(pixels, stack, report.slice_spacing)
         report.resampled = True
     return _to_sitk(pixels, stack, report)
@@ -206,9 +216,13 @@ def regularise(pixels: np.ndarray, stack: SortedStack, spacing: float) -> np.nda
     return _interpolate_along_normal(shifted, stack.distances, spacing)
 
 
+def _grid_slices(distances: np.ndarray, spacing: float) -> int:
+    """Slices of a regular grid from the first to (at most) the last distance."""
+    return int(np.floor((distances[-1] - distances[0]) / spacing + 1e-6)) + 1
+
+
 def _interpolate_along_normal(slices: np.ndarray, distances: np.ndarray, spacing: float) -> np.ndarray:
-    count = int(np.floor((distances[-1] - distances[0]) / spacing + 1e-6)) + 1
-    targets = distances[0] + spacing * np.arange(count)
+    targets = distances[0] + spacing * np.arange(_grid_slices(distances, spacing))
     lower = np.clip(np.searchsorted(distances, targets, side="right") - 1, 0, len(distances) - 2)
     weight = (targets - distances[lower]) / (distances[lower + 1] - distances[lower])
     weight = np.clip(weight, 0.0, 1.0).astype(slices.dtype)[:, None, None]

@@ -94,6 +94,15 @@ def test_deliberately_non_uniform_spacing_is_resampled_or_refused(tmp_path: Path
         read_image_series(paths, GeometryPolicy(resample_nonuniform=False))
 
 
+def test_near_duplicate_positions_do_not_blow_up_the_grid(tmp_path: Path) -> None:
+    # A slice re-sent with its position rounded differently, 0.01 mm from the original: a grid at
+    # 0.01 mm would have 801 slices here (tens of thousands for a whole CT).
+    z = [-10.0, -8.0, -6.0, -5.99, -4.0, -2.0]
+    paths = write_series(SeriesSpec(positions=_positions_at(z)), tmp_path)
+    with pytest.raises(GeometryError, match=r"only 0\.01 mm apart.*would need 801 slices for 6 received"):
+        read_image_series(paths)
+
+
 def _tilted_spec(degrees: float, count: int = 6, step: float = 2.0) -> SeriesSpec:
     # Gantry tilt: image planes tilted about the patient's left-right axis, slices acquired at
     # table positions 2 mm apart along z, so IPP drifts within the plane from slice to slice.
