@@ -26,6 +26,7 @@ __all__ = [
     "SEGMENT_CODES",
     "SIZES",
     "TASKS",
+    "CaseFolderExistsError",
     "TrueTransform",
     "apply_true_transform",
     "load_case",
@@ -36,6 +37,14 @@ logger = logging.getLogger(__name__)
 
 MAX_CASES = 1000
 MAX_FOLLOWUPS = 10
+
+
+class CaseFolderExistsError(FileExistsError, ValueError):
+    """A case folder to be written already holds files.
+
+    Also a ValueError, so callers that map bad arguments to a user error (the
+    CLI) report it as one.
+    """
 
 
 def _is_int(value: object) -> bool:
@@ -91,8 +100,9 @@ def write_synthetic_patients(
     ------
     ValueError
         For an invalid argument.
-    FileExistsError
-        If a case folder already exists and is not empty.
+    CaseFolderExistsError
+        If a case folder already exists and is not empty (a FileExistsError
+        and a ValueError).
     """
     _validate(task, cases, seed, followups, size)
     out_dir = Path(out_dir)
@@ -100,7 +110,7 @@ def write_synthetic_patients(
     folders = [out_dir / f"{t}-{i:03d}" for t in tasks for i in range(cases)]
     for folder in folders:
         if folder.exists() and any(folder.iterdir()):
-            raise FileExistsError(f"case folder {folder} exists and is not empty")
+            raise CaseFolderExistsError(f"case folder {folder} exists and is not empty")
     for folder in folders:
         t, i = folder.name.split("-")
         logger.info("writing synthetic %s case %s (seed %d, %s)", t, i, seed, size)

@@ -180,6 +180,21 @@ def write(ds_: Dataset, path: Path) -> Path:
     return path
 
 
+def _clone(template: Dataset) -> Dataset:
+    """Copy each data element of a flat template.
+
+    Dataset.update() would share the DataElement objects with the template, so
+    setting one slice's UID would change every slice; deepcopy is slow.
+    """
+    item = Dataset()
+    for elem in template:
+        item.add(copy.copy(elem))
+    item.file_meta = FileMetaDataset()
+    for elem in template.file_meta:
+        item.file_meta.add(copy.copy(elem))
+    return item
+
+
 def write_slices(
     template: Dataset, pixels: np.ndarray, grid: Grid, bits_stored: int, folder: Path
 ) -> list[Dataset]:
@@ -191,9 +206,7 @@ def write_slices(
     """
     written = []
     for k in range(pixels.shape[0]):
-        # A deep copy: Dataset.update() would share DataElement objects with
-        # the template, so setting one slice's UID would change them all.
-        item = copy.deepcopy(template)
+        item = _clone(template)
         uid = make_uid(template.SeriesInstanceUID, "slice", k)
         item.SOPInstanceUID = uid
         item.file_meta.MediaStorageSOPInstanceUID = uid

@@ -153,7 +153,7 @@ def _paint_block(x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
     return labels
 
 
-def tissue_labels(x: np.ndarray, y: np.ndarray, z: np.ndarray, block: int = 6) -> np.ndarray:
+def tissue_labels(x: np.ndarray, y: np.ndarray, z: np.ndarray, block_points: int = 100_000) -> np.ndarray:
     """Tissue label at each point.
 
     Parameters
@@ -161,20 +161,23 @@ def tissue_labels(x: np.ndarray, y: np.ndarray, z: np.ndarray, block: int = 6) -
     x, y, z : numpy.ndarray
         Patient coordinates (mm, planning frame), same shape; for image grids
         shape (slices, rows, columns).
-    block : int
-        Points are processed in blocks of this many entries along the first
-        axis; solids whose bounding box misses a block are skipped.
+    block_points : int
+        Points are painted in blocks of about this many, split along the first
+        axis; solids whose bounding box misses a block are skipped, which is
+        where the speed comes from (blocks of whole slices are compact).
 
     Returns
     -------
     numpy.ndarray
         uint8 labels (:class:`models.synth.tissues.Tissue`), same shape as x.
     """
-    if x.ndim == 0 or x.shape[0] <= block:
+    if x.ndim == 0:
         return _paint_block(x, y, z)
+    per_entry = int(np.prod(x.shape[1:], dtype=int))
+    step = max(1, block_points // max(per_entry, 1))
     out = np.empty(x.shape, dtype=np.uint8)
-    for start in range(0, x.shape[0], block):
-        sl = slice(start, start + block)
+    for start in range(0, x.shape[0], step):
+        sl = slice(start, start + step)
         out[sl] = _paint_block(x[sl], y[sl], z[sl])
     return out
 

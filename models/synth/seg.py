@@ -90,10 +90,14 @@ def _segment(task: str, tracking_uid: str) -> hd.seg.SegmentDescription:
 
 
 def _make_deterministic(seg: hd.seg.Segmentation, series: SeriesInfo) -> None:
-    # highdicom stamps the creation time from the clock and draws a random
-    # DimensionOrganizationUID; replace both so equal inputs give equal bytes.
+    # highdicom stamps creation and contribution times from the clock and
+    # draws a random DimensionOrganizationUID; replace them so that equal
+    # inputs give equal bytes.
     seg.InstanceCreationDate = da(series.date)
     seg.InstanceCreationTime = series.time
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = da(series.date) + series.time
     new_uid = make_uid(series.uid, "dimension-organization")
     seg.DimensionOrganizationSequence[0].DimensionOrganizationUID = new_uid
     for index in seg.DimensionIndexSequence:
