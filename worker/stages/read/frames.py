@@ -184,6 +184,8 @@ def _make_frame(
 
 
 def _vector(values: Sequence[float] | None, length: int, keyword: str, where: str) -> np.ndarray:
+    if values is not None and not isinstance(values, Sequence):
+        values = [values]  # pydicom gives a lone value (VM 1) as a number, not a list
     if values is None or len(values) != length:
         raise GeometryError(f"{where}: {keyword} must have {length} values, got {values!r}")
     try:

@@ -56,6 +56,8 @@ def test_rounded_direction_cosines_are_reorthonormalised(tmp_path: Path) -> None
         ("ImageOrientationPatient", [1, 0, 0, 1, 0, 0], "is not two orthonormal vectors"),
         ("ImageOrientationPatient", [1, 0, 0, 0, 1], "must have 6 values"),
         ("ImagePositionPatient", [0, 0], "must have 3 values"),
+        ("PixelSpacing", "0.5", r"PixelSpacing must have 2 values, got \['0\.5'\]"),
+        ("ImagePositionPatient", "12", "ImagePositionPatient must have 3 values"),
         ("PixelSpacing", [0, 1], "PixelSpacing must be positive"),
         ("PixelSpacing", [1, -2], "PixelSpacing must be positive"),
     ],
