@@ -156,8 +156,14 @@ def grid_frame_offsets(ds: Dataset, name: str) -> tuple[np.ndarray, str]:
 def _relative_offsets(ds: Dataset, name: str, offsets: np.ndarray) -> tuple[np.ndarray, str]:
     if abs(offsets[0]) <= OFFSET_TOLERANCE_MM:
         return offsets - offsets[0], "relative"
-    ipp_z = float(ds.ImagePositionPatient[2])
-    axial = np.allclose([float(v) for v in ds.ImageOrientationPatient], [1, 0, 0, 0, 1, 0], atol=1e-4)
+    ipp, iop = ds.get("ImagePositionPatient"), ds.get("ImageOrientationPatient")
+    if not (isinstance(ipp, MultiValue) and isinstance(iop, MultiValue) and (len(ipp), len(iop)) == (3, 6)):
+        raise DoseError(
+            f"{name}: GridFrameOffsetVector starts at {offsets[0]:g}, but ImagePositionPatient and "
+            "ImageOrientationPatient are needed to read it and one is missing or malformed"
+        )
+    ipp_z = float(ipp[2])
+    axial = np.allclose([float(v) for v in iop], [1, 0, 0, 0, 1, 0], atol=1e-4)
     if axial and abs(offsets[0] - ipp_z) <= OFFSET_TOLERANCE_MM:
         # Absolute form: the values are patient z coordinates of each frame.
         return offsets - ipp_z, "absolute"

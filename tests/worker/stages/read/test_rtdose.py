@@ -139,6 +139,18 @@ def test_offset_count_must_match_the_frames(tmp_path: Path) -> None:
         read_rtdose(path)
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [("ImagePositionPatient", None), ("ImageOrientationPatient", None), ("ImagePositionPatient", "-10")],
+)
+def test_absolute_offsets_without_plane_geometry_are_refused(tmp_path: Path, keyword: str, value) -> None:
+    path = _edit(write_rtdose(DoseSpec(offsets=(-10, -7, -4)), tmp_path / "dose.dcm"), **{keyword: value})
+    with pytest.raises(
+        DoseError, match="starts at -10, but ImagePositionPatient and ImageOrientationPatient"
+    ):
+        read_rtdose(path)
+
+
 def test_frame_increment_pointer_must_name_the_offset_vector(tmp_path: Path) -> None:
     path = _edit(write_rtdose(DoseSpec(), tmp_path / "dose.dcm"), FrameIncrementPointer=0x00181063)
     with pytest.raises(DoseError, match=r"FrameIncrementPointer is \(0018,1063\), not GridFrameOffsetVector"):
