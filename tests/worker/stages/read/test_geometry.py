@@ -17,6 +17,8 @@ from scipy.spatial.transform import Rotation
 from tests.factories import RESCALE_SLOPE, SeriesSpec, axial_positions, linear_field, write_series
 from tests.worker.stages.read.sampling import direction, interior_points, sample
 from worker.errors import GeometryError
+from worker.stages.read.files import read_header
+from worker.stages.read.frames import frames_from_dataset
 from worker.stages.read.geometry import GeometryPolicy, orientation_label, regularise, sort_frames
 from worker.stages.read.series import read_image_series
 
@@ -282,9 +284,6 @@ def test_descending_slices_give_the_ascending_volume(tmp_path: Path) -> None:
 
 
 def test_sort_frames_uses_positions_not_instance_numbers(tmp_path: Path) -> None:
-    from worker.stages.read.files import read_header
-    from worker.stages.read.frames import frames_from_dataset
-
     z = [4.0, -10.0, 0.0, -6.0, 8.0]
     paths = write_series(SeriesSpec(positions=_positions_at(z)), tmp_path, order=[0, 1, 2, 3, 4])
     frames = [f for p in paths for f in frames_from_dataset(read_header(p), p)]
@@ -295,9 +294,6 @@ def test_sort_frames_uses_positions_not_instance_numbers(tmp_path: Path) -> None
 
 
 def test_regularise_interpolates_linearly_between_frames(tmp_path: Path) -> None:
-    from worker.stages.read.files import read_header
-    from worker.stages.read.frames import frames_from_dataset
-
     paths = write_series(SeriesSpec(positions=_positions_at([0.0, 1.0, 4.0]), rows=2, cols=2), tmp_path)
     frames = [f for p in paths for f in frames_from_dataset(read_header(p), p)]
     stack, _ = sort_frames(frames)
