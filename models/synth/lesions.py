@@ -9,7 +9,7 @@ the mandible for ORN, the parenchyma of one temporal lobe for CE and CRN.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -188,7 +188,7 @@ def _fit(lesion: Lesion, volumes_cc: np.ndarray, dose: DoseModel) -> tuple[Lesio
     for s in scales:
         inside = host & (q0 < s)
         centroids.append(tuple(float(v[inside].mean()) for v in (x, y, z)))
-    fitted = Lesion(**{**lesion.__dict__, "scales": tuple(float(s) for s in scales)})
+    fitted = replace(lesion, scales=tuple(float(s) for s in scales))
     volumes = tuple(float(c * step**3 / 1000.0) for c in counts)
     return fitted, LesionFit(volumes, tuple(centroids))
 

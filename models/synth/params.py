@@ -9,7 +9,7 @@ changes.
 from __future__ import annotations
 
 import datetime as dt
-import zlib
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +107,8 @@ class CaseParams:
 
 def stream_rng(key: str, stream: str) -> np.random.Generator:
     """A generator seeded by the case key and a stream name (stable across runs)."""
-    return np.random.default_rng([zlib.crc32(key.encode()), zlib.crc32(stream.encode())])
+    digest = hashlib.sha256(f"{key}#{stream}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
 def _clock(rng: np.random.Generator, hour_range: tuple[int, int]) -> str:

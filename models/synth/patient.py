@@ -82,16 +82,27 @@ def _series(
     return SeriesInfo(make_uid(p.key, role, "series"), number, text, day, time, for_uid)
 
 
+def _planning_study(p: CaseParams) -> StudyInfo:
+    uid = make_uid(p.key, "planning", "study")
+    accession = _accession(p, "planning")
+    return StudyInfo(uid, p.planning_date, p.planning_time, "PLAN", accession, "RT planning")
+
+
+def _write_dose(
+    p: CaseParams, study: StudyInfo, for_uid: str, plan_uid: str, folder: Path
+) -> tuple[str, Grid, float]:
+    grid = dose_grid(p.dose_model, p.planning_grid, DOSE_SPACING_MM[p.size])
+    dose_uid = make_uid(p.key, "rtdose", "sop")
+    series = _series(p, "rtdose", 3, "RT Dose (plan)", p.plan_date, "120500", for_uid)
+    dose_gy = p.dose_model.on_grid(grid)
+    args = (plan_uid, dose_uid, p.patient, study, series, folder / "rtdose.dcm")
+    _, max_dose = write_rtdose(dose_gy, grid, *args)
+    return dose_uid, grid, max_dose
+
+
 def write_planning(p: CaseParams, folder: Path) -> PlanningRecord:
     """Planning CT, RT Plan and RT Dose: one study on frame of reference A."""
-    study = StudyInfo(
-        make_uid(p.key, "planning", "study"),
-        p.planning_date,
-        p.planning_time,
-        "PLAN",
-        _accession(p, "planning"),
-        "RT planning",
-    )
+    study = _planning_study(p)
     for_uid = make_uid(p.key, "planning", "frame-of-reference")
     ct = _series(p, "planning-ct", 1, "Planning CT", p.planning_date, p.planning_time, for_uid)
     hu = render_planning_ct(p.planning_grid, p.rng("planning-ct"))
@@ -101,19 +112,7 @@ def write_planning(p: CaseParams, folder: Path) -> PlanningRecord:
     plan = _series(p, "rtplan", 2, "RT Plan", p.plan_date, "120000", for_uid)
     write_rtplan(_plan_info(p), plan_uid, p.patient, study, plan, folder / "rtplan.dcm")
 
-    grid = dose_grid(p.dose_model, p.planning_grid, DOSE_SPACING_MM[p.size])
-    dose_uid = make_uid(p.key, "rtdose", "sop")
-    dose = _series(p, "rtdose", 3, "RT Dose (plan)", p.plan_date, "120500", for_uid)
-    _, max_dose = write_rtdose(
-        p.dose_model.on_grid(grid),
-        grid,
-        plan_uid,
-        dose_uid,
-        p.patient,
-        study,
-        dose,
-        folder / "rtdose.dcm",
-    )
+    dose_uid, grid, max_dose = _write_dose(p, study, for_uid, plan_uid, folder)
     return PlanningRecord(study.uid, for_uid, ct.uid, plan_uid, dose_uid, grid, max_dose)
 
 
@@ -135,29 +134,37 @@ def _write_image(
     return write_mr_series(image, grid, _MR_PROTOCOL[p.task], p.patient, study, series, folder)
 
 
+def _write_truth(
+    p: CaseParams, k: int, truth: np.ndarray, sources: list[Dataset], case_dir: Path
+) -> tuple[str, str, str]:
+    """The SEG of follow-up ``k``; returns (relative file, series UID, SOP instance UID)."""
+    name = f"followup-{k + 1}"
+    # Annotated two days after the scan, on the scan's frame of reference.
+    day = p.followups[k].date + dt.timedelta(days=2)
+    for_uid = sources[0].FrameOfReferenceUID
+    series = _series(p, f"{name}-seg", 100, SERIES_DESCRIPTION, day, "160000", for_uid)
+    seg_file, seg_uid = f"ground_truth/{name}_seg.dcm", make_uid(p.key, name, "seg")
+    tracking_uid = make_uid(p.key, "lesion-tracking")  # same lesion across follow-ups
+    write_seg(p.task, truth, sources, series, seg_uid, tracking_uid, case_dir / seg_file)
+    return seg_file, series.uid, seg_uid
+
+
 def write_followup(p: CaseParams, k: int, case_dir: Path) -> FollowupRecord:
     """Follow-up ``k`` (0-based): its own study and frame, the image and the ground truth."""
     fu, name = p.followups[k], f"followup-{k + 1}"
-    study = StudyInfo(
-        make_uid(p.key, name, "study"), fu.date, fu.time, f"FU{k + 1}", _accession(p, name), "Follow-up"
-    )
+    accession = _accession(p, name)
+    study = StudyInfo(make_uid(p.key, name, "study"), fu.date, fu.time, f"FU{k + 1}", accession, "Follow-up")
     for_uid = make_uid(p.key, name, "frame-of-reference")
     text = _CT_FOLLOWUP_DESCRIPTION if p.task == "orn" else _MR_PROTOCOL[p.task].description
     series = _series(p, name, 1, text, fu.date, fu.time, for_uid)
     image, truth = render_followup(fu.grid, fu.transform, p.lesion, k, p.rng(f"{name}-image"))
     image_dir = f"{name}/{'ct' if p.task == 'orn' else 'mr'}"
     sources = _write_image(p, k, image, study, series, case_dir / image_dir)
-
-    seg_series = _series(
-        p, f"{name}-seg", 100, SERIES_DESCRIPTION, fu.date + dt.timedelta(days=2), "160000", for_uid
-    )
-    seg_file, seg_uid = f"ground_truth/{name}_seg.dcm", make_uid(p.key, name, "seg")
-    tracking_uid = make_uid(p.key, "lesion-tracking")
-    write_seg(p.task, truth, sources, seg_series, seg_uid, tracking_uid, case_dir / seg_file)
+    seg_file, seg_series_uid, seg_uid = _write_truth(p, k, truth, sources, case_dir)
     volume, centroid = _mask_stats(truth, fu.grid)
     modality = "CT" if p.task == "orn" else "MR"
     return FollowupRecord(
-        name, study, series, modality, image_dir, seg_file, seg_series.uid, seg_uid, volume, centroid
+        name, study, series, modality, image_dir, seg_file, seg_series_uid, seg_uid, volume, centroid
     )
 
 

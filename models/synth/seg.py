@@ -1,15 +1,14 @@
 """Ground-truth DICOM-SEG writer (highdicom), one binary segment on the follow-up series.
 
-Segment codes (SNOMED CT, the property types of DICOM CID 7151 with the
-category of CID 7150, and the anatomic region of CID 7151/4):
+Segment codes (SNOMED CT, all in pydicom's code dictionary: category from DICOM
+CID 7150, property type from CID 7151, anatomic region from CID 4):
 
-=====  ==========================================  =========================  ===================
-task   category                                    property type              anatomic region
-=====  ==========================================  =========================  ===================
-orn    49755003 Morphologically Abnormal Structure  6574001 Necrosis           91609006 Mandible
-ce     49755003 Morphologically Abnormal Structure  79654002 Edema             78277001 Temporal lobe
-crn    49755003 Morphologically Abnormal Structure  6574001 Necrosis           78277001 Temporal lobe
-=====  ==========================================  =========================  ===================
+- orn: category 49755003 "Morphologically Abnormal Structure",
+  property type 6574001 "Necrosis", anatomic region 91609006 "Mandible";
+- ce: category 49755003, property type 79654002 "Edema",
+  anatomic region 78277001 "Temporal lobe";
+- crn: category 49755003, property type 6574001 "Necrosis",
+  anatomic region 78277001 "Temporal lobe".
 
 The disorder concepts (e.g. 2032001 "Cerebral edema") are not used: the
 segmented property is the morphologic change, the disease is in the label.

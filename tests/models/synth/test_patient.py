@@ -60,6 +60,10 @@ def test_one_patient_per_case(synth_cases, cases) -> None:
         assert {str(d.PatientName) for d in headers} == {cases[task]["patient_name"]}
         assert {d.PatientSex for d in headers} == {cases[task]["demographics"]["sex"]}
         assert all(d.Manufacturer == "rtinjury-synth" for d in headers)
+        followup = [
+            d for d in headers if d.StudyDate == cases[task]["followups"][0]["study_date"].replace("-", "")
+        ]
+        assert {d.PatientAge for d in followup} == {f"{cases[task]['demographics']['age']:03d}Y"}
         ids.add(cases[task]["patient_id"])
     assert len(ids) == len(TASKS)
 
