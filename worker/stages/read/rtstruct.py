@@ -48,19 +48,52 @@ def read_rtstruct_masks(path: Path, volume: ImageVolume) -> StructureMasks:
         raise InputError(f"{path.name}: not an RT Structure Set (SOPClassUID {ds.SOPClassUID})")
     _check_frame_of_reference(ds, volume, path.name)
     _check_image_references(ds, volume, path.name)
-    names = {int(roi.ROINumber): str(roi.ROIName) for roi in ds.get("StructureSetROISequence", [])}
+    rois = _roi_names(ds, volume, path.name)
     result = StructureMasks(masks={}, roi_numbers={})
     for roi in ds.get("ROIContourSequence", []):
-        number = int(roi.ReferencedROINumber)
-        name = names.get(number, f"ROI {number}")
-        mask, off_grid = _rasterise_roi(roi, volume.image)
+        number = _roi_number(roi, path.name)
+        if number not in rois:
+            continue
+        name = rois[number]
+        mask, off_grid = _rasterise_roi(roi, volume.image, f"{path.name}: ROI '{name}'")
         if mask is None:
             continue
         if off_grid:
             result.warnings.append(f"{name}: {off_grid} contour(s) outside the image slices ignored")
         result.masks[name] = mask
         result.roi_numbers[name] = number
+    skipped = len(ds.get("StructureSetROISequence", [])) - len(rois)
+    if skipped:
+        result.warnings.append(f"{skipped} ROI(s) defined in another frame of reference ignored")
     return result
+
+
+def _roi_number(roi: Dataset, name: str) -> int:
+    try:
+        return int(roi.ReferencedROINumber)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"{name}: ROI contour without a valid ReferencedROINumber") from exc
+
+
+def _roi_names(ds: Dataset, volume: ImageVolume, name: str) -> dict[int, str]:
+    """ROI number → unique name, for the ROIs defined in the image's frame of reference."""
+    names: dict[int, str] = {}
+    for roi in ds.get("StructureSetROISequence", []):
+        number = _roi_number_of_definition(roi, name)
+        frame = str(roi.get("ReferencedFrameOfReferenceUID", "") or volume.frame_of_reference_uid)
+        if frame != volume.frame_of_reference_uid:
+            continue
+        label = str(roi.get("ROIName", "") or f"ROI {number}")
+        # Two ROIs may share a name; keep both, telling them apart by number.
+        names[number] = f"{label} (ROI {number})" if label in names.values() else label
+    return names
+
+
+def _roi_number_of_definition(roi: Dataset, name: str) -> int:
+    try:
+        return int(roi.ROINumber)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise InputError(f"{name}: ROI definition without a valid ROINumber") from exc
 
 
 def _check_frame_of_reference(ds: Dataset, volume: ImageVolume, name: str) -> None:
@@ -72,7 +105,7 @@ def _check_frame_of_reference(ds: Dataset, volume: ImageVolume, name: str) -> No
     }
     if not frames:
         raise BrokenReferenceError(f"{name}: RTSTRUCT names no frame of reference")
-    if frames != {volume.frame_of_reference_uid}:
+    if volume.frame_of_reference_uid not in frames:
         raise BrokenReferenceError(
             f"{name}: RTSTRUCT frame of reference differs from the image series' "
             "(its contours are in another coordinate system)"
@@ -95,7 +128,7 @@ def _check_image_references(ds: Dataset, volume: ImageVolume, name: str) -> None
         )
 
 
-def _rasterise_roi(roi: Dataset, image: sitk.Image) -> tuple[np.ndarray | None, int]:
+def _rasterise_roi(roi: Dataset, image: sitk.Image, where: str) -> tuple[np.ndarray | None, int]:
     contours = [
         c
         for c in roi.get("ContourSequence", [])
@@ -108,13 +141,23 @@ def _rasterise_roi(roi: Dataset, image: sitk.Image) -> tuple[np.ndarray | None, 
     mask = np.zeros((size[2], size[1], size[0]), dtype=bool)
     off_grid = 0
     for contour in contours:
-        index = physical_to_index(image, np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3))
+        index = physical_to_index(image, _contour_points(contour, where))
         k = int(np.round(np.median(index[:, 2])))
         if abs(np.median(index[:, 2]) - k) > SLICE_MATCH_TOLERANCE or not 0 <= k < size[2]:
             off_grid += 1
             continue
         mask[k] ^= polygon_mask(index[:, 1], index[:, 0], size[1], size[0])
     return mask, off_grid
+
+
+def _contour_points(contour: Dataset, where: str) -> np.ndarray:
+    try:
+        values = np.asarray([float(v) for v in contour.ContourData], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: ContourData is not numeric") from exc
+    if values.size % 3 or not np.all(np.isfinite(values)):
+        raise InputError(f"{where}: ContourData must be finite (x, y, z) triplets, got {values.size} values")
+    return values.reshape(-1, 3)
 
 
 def physical_to_index(image: sitk.Image, points: np.ndarray) -> np.ndarray:

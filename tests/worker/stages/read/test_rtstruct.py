@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -310,3 +311,66 @@ def test_test_made_structure_set_is_a_valid_iod(tmp_path: Path) -> None:
     report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
     errors = [line for line in (report.stdout + report.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
+
+
+def _edit(path: Path, change) -> Path:
+    ds = pydicom.dcmread(path)
+    change(ds)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+def test_roi_in_a_second_frame_of_reference_is_skipped_with_a_warning(
+    tmp_path: Path, non_square_volume
+) -> None:
+    path = write_rtstruct(
+        tmp_path / "rs.dcm", NON_SQUARE, {"A": [_square(-6.0, **OUTER)], "B": [_square(-4.0, **OUTER)]}
+    )
+
+    def second_frame(ds) -> None:
+        ds.StructureSetROISequence[1].ReferencedFrameOfReferenceUID = uid("registered MR")
+
+    result = read_rtstruct_masks(_edit(path, second_frame), non_square_volume)
+    assert list(result.masks) == ["A"]
+    assert "1 ROI(s) defined in another frame of reference ignored" in result.warnings
+
+
+def test_duplicate_roi_names_keep_both_masks(tmp_path: Path, non_square_volume) -> None:
+    path = write_rtstruct(
+        tmp_path / "rs.dcm", NON_SQUARE, {"A": [_square(-6.0, **OUTER)], "B": [_square(-2.0, **HOLE)]}
+    )
+
+    def same_name(ds) -> None:
+        ds.StructureSetROISequence[1].ROIName = "A"
+
+    result = read_rtstruct_masks(_edit(path, same_name), non_square_volume)
+    second_number = int(pydicom.dcmread(path).StructureSetROISequence[1].ROINumber)
+    second = f"A (ROI {second_number})"
+    assert set(result.masks) == {"A", second}
+    assert result.roi_numbers[second] == second_number
+    assert result.masks["A"].sum() != result.masks[second].sum()
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            lambda ds: setattr(
+                ds.ROIContourSequence[0].ContourSequence[0],
+                "ContourData",
+                list(ds.ROIContourSequence[0].ContourSequence[0].ContourData)[:-1],
+            ),
+            "ContourData must be finite (x, y, z) triplets",
+        ),
+        (
+            lambda ds: delattr(ds.ROIContourSequence[0], "ReferencedROINumber"),
+            "without a valid ReferencedROINumber",
+        ),
+    ],
+)
+def test_malformed_contours_are_refused_with_the_roi(
+    tmp_path: Path, non_square_volume, change, words
+) -> None:
+    path = write_rtstruct(tmp_path / "rs.dcm", NON_SQUARE, {"A": [_square(-6.0, **OUTER)]})
+    with pytest.raises(InputError, match=re.escape(words)):
+        read_rtstruct_masks(_edit(path, change), non_square_volume)
