@@ -131,17 +131,19 @@ def _enhanced_frame(ds: Dataset, path: Path, index: int) -> Frame:
         spacing=measures.get("PixelSpacing"),
         slope=transform.get("RescaleSlope", 1.0) if transform is not None else 1.0,
         intercept=transform.get("RescaleIntercept", 0.0) if transform is not None else 0.0,
-        stack_key=_enhanced_stack_key(content),
+        stack_key=_enhanced_stack_key(ds, index, content),
     )
 
 
-def _enhanced_stack_key(content: Dataset | None) -> tuple[str, ...]:
-    if content is None:
-        return ("", "", "")
+def _enhanced_stack_key(ds: Dataset, index: int, content: Dataset | None) -> tuple[str, ...]:
+    # As for classic images: stacks, temporal positions, echoes and b-values are separate volumes.
+    echo = _functional_group(ds, index, "MREchoSequence")
+    diffusion = _functional_group(ds, index, "MRDiffusionSequence")
     return (
-        str(content.get("StackID", "")),
-        str(content.get("TemporalPositionIndex", "")),
-        "",
+        str(content.get("StackID", "")) if content is not None else "",
+        str(content.get("TemporalPositionIndex", "")) if content is not None else "",
+        str(echo.get("EffectiveEchoTime", "")) if echo is not None else "",
+        str(diffusion.get("DiffusionBValue", "")) if diffusion is not None else "",
     )
 
 

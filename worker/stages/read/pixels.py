@@ -91,5 +91,13 @@ def _pixel_array(ds: Dataset) -> np.ndarray | str:
 
 
 def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    """The most telling line of a decoder error.
+
+    pydicom heads its message with "Unable to decode as exceptions were raised by all
+    available plugins:" and lists each plugin's reason below; the first reason says more.
+    """
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    reasons = [line for line in lines[1:] if ":" in line]
+    return (reasons[0] if lines[0].endswith(":") and reasons else lines[0])[:200]

@@ -186,6 +186,19 @@ def test_enhanced_image_with_two_temporal_positions_is_refused(tmp_path: Path) -
         read_image_series([path])
 
 
+def test_enhanced_image_with_two_echoes_is_refused(tmp_path: Path) -> None:
+    spec = SeriesSpec(positions=axial_positions(3) * 2, modality="MR")
+    path = write_enhanced_mr(spec, tmp_path / "echoes.dcm")
+    ds = pydicom.dcmread(path)
+    for k, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        echo = pydicom.Dataset()
+        echo.EffectiveEchoTime = 10.0 if k < 3 else 90.0
+        item.MREchoSequence = pydicom.Sequence([echo])
+    ds.save_as(path)
+    with pytest.raises(GeometryError, match="2 volumes at the same positions"):
+        read_image_series([path])
+
+
 def test_missing_type_2_attributes_still_read(tmp_path: Path) -> None:
     spec = SeriesSpec(positions=axial_positions(4))
     reference = read_image_series(write_series(spec, tmp_path / "ref"))
