@@ -97,7 +97,8 @@ class Lesion:
         return {
             "host": "mandible" if self.task == "orn" else f"temporal lobe (side {self.side:+d})",
             "centre_mm": self.centre.tolist(),
-            "semi_axes_mm": self.semi.tolist(),
+            # Semi-axes at scale 1; at follow-up k they are scales[k] times these (mm).
+            "semi_axes_at_scale_1": self.semi.tolist(),
             "rotation": self.rotation.tolist(),
             "roughness": self.roughness,
             "scales": list(self.scales),
