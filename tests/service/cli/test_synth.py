@@ -1,0 +1,48 @@
+"""``rtinjury synth`` then ``rtinjury inspect``: the synthetic patients assemble into full cases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.service.cli.test_inspect import rtinjury
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("synth")
+    result = rtinjury("synth", "--out", str(root), "--task", "all", "--cases", "1", "--seed", "3")
+    assert result.returncode == 0, result.stderr
+    assert [Path(line).name for line in result.stdout.split()] == ["orn-000", "ce-000", "crn-000"]
+    return root
+
+
+@pytest.mark.parametrize(
+    ("task", "modality", "kind"), [("orn", "CT", "ct"), ("ce", "MR", "flair"), ("crn", "MR", "t1c")]
+)
+def test_inspect_finds_every_role_and_the_dose(synth_root: Path, task: str, modality: str, kind: str) -> None:
+    folder = synth_root / f"{task}-000"
+    truth = json.loads((folder / "case.json").read_text())
+    result = rtinjury("inspect", str(folder), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    [case] = report["cases"]
+    assert (case["task"], case["followup_kind"], case["followup"]["modality"]) == (task, kind, modality)
+    assert case["planning_ct"]["modality"] == "CT"
+    assert case["planning_ct"]["frame_of_reference_uid"] == truth["planning"]["frame_of_reference_uid"]
+    assert case["followup"]["series_instance_uid"] == truth["followups"][0]["series_instance_uid"]
+    assert case["rtdose"]["frame_of_reference_uid"] == truth["planning"]["frame_of_reference_uid"]
+    assert case["rtdose"]["max_gy"] == pytest.approx(truth["dose"]["max_gy"], abs=0.01)
+    assert 60.0 <= case["rtdose"]["max_gy"] <= 70.0
+    assert case["rtplan"]["prescription_gy"] == truth["clinical"]["prescription_gy"]
+    assert case["rtplan"]["fractions"] == truth["clinical"]["fractions"]
+    assert case["seg"] == 1 and case["registration_needed"] is True
+    assert case["warnings"] == []
+
+
+def test_synth_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
+    result = rtinjury("synth", "--out", str(tmp_path), "--cases", "0")
+    assert result.returncode == 2
+    assert result.stderr.startswith("rtinjury: error: ") and len(result.stderr.splitlines()) == 1
