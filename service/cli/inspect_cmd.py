@@ -16,18 +16,25 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="folder, zip, or DICOM files")
     parser.add_argument("--json", action="store_true", help="print JSON for machines")
-    parser.add_argument("--rules", type=Path, default=None, help="site role-rules YAML (default: packaged)")
+    parser.add_argument(
+        "--rules",
+        type=Path,
+        default=None,
+        help="site role-rules YAML (default: $RTINJURY_ROLE_RULES, else the packaged rules)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from service.config import get_settings
     from worker.stages.assemble.case import assemble_cases
     from worker.stages.assemble.rules import load_rules
     from worker.stages.inspect import describe_assembly
     from worker.stages.read.case_data import read_case
 
+    rules = load_rules(args.rules or get_settings().role_rules)
     with tempfile.TemporaryDirectory(prefix="rtinjury-inspect-") as workdir:
-        assembly = assemble_cases(args.paths, Path(workdir), load_rules(args.rules))
+        assembly = assemble_cases(args.paths, Path(workdir), rules)
         report = describe_assembly(assembly, [read_case(c) for c in assembly.cases])
     if args.json:
         emit_json(report)

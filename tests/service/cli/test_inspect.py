@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,18 @@ def test_corrupt_dicom_gives_one_line(tmp_path: Path) -> None:
     victim = sorted((tmp_path / "p" / "planning").iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:200])
     _assert_one_line_error(rtinjury("inspect", str(tmp_path / "p")), victim.name)
+
+
+def test_site_rules_from_the_environment_are_used(tmp_path: Path) -> None:
+    write_patient(tmp_path / "p")
+    broken = tmp_path / "rules.yaml"
+    broken.write_text("version: 2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "service.cli.main", "inspect", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "RTINJURY_ROLE_RULES": str(broken)},
+    )
+    _assert_one_line_error(result, "role rules")
