@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from pydicom import dcmwrite
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from .geometry import AXIAL_IOP, Grid
@@ -88,8 +88,8 @@ class SeriesInfo:
 def new_dataset(sop_class_uid: str, sop_instance_uid: str) -> Dataset:
     """An empty dataset with file meta for Explicit VR Little Endian and SOP Common set."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class_uid
-    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds_ = Dataset()
     ds_.file_meta = meta
@@ -209,7 +209,7 @@ def write_slices(
         item = _clone(template)
         uid = make_uid(template.SeriesInstanceUID, "slice", k)
         item.SOPInstanceUID = uid
-        item.file_meta.MediaStorageSOPInstanceUID = uid
+        item.file_meta.MediaStorageSOPInstanceUID = UID(uid)
         item.InstanceNumber = k + 1
         add_image_plane(item, grid, k)
         add_pixels(item, pixels[k], bits_stored)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .shapes import vec3
+
 AXIAL_IOP = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 # Positions are rounded before use so the value written to the DICOM header
@@ -49,8 +51,9 @@ class Grid:
         nz, ny, nx = shape
         counts = np.array([nx, ny, nz], dtype=float)
         origin = np.asarray(centre, float) - (counts - 1) / 2 * np.asarray(spacing)
-        rounded = tuple(round(float(v), _DECIMALS) for v in origin)
-        return cls(rounded, tuple(float(s) for s in spacing), tuple(int(n) for n in shape))
+        rounded = [round(float(v), _DECIMALS) for v in origin]
+        nz_, ny_, nx_ = (int(n) for n in shape)
+        return cls(vec3(rounded), vec3(spacing), (nz_, ny_, nx_))
 
     @property
     def pixel_spacing(self) -> tuple[float, float]:

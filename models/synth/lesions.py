@@ -16,6 +16,7 @@ import numpy as np
 
 from .dose import HIGH_DOSE_FRACTION, DoseModel
 from .phantom import MANDIBLE, MANDIBLE_BODY, TEMPORAL_LOBES, tissue_labels
+from .shapes import vec3
 from .tissues import is_parenchyma
 
 VOLUME_RANGE_CC = (0.2, 5.0)
@@ -188,7 +189,7 @@ def _fit(lesion: Lesion, volumes_cc: np.ndarray, dose: DoseModel) -> tuple[Lesio
     centroids = []
     for s in scales:
         inside = host & (q0 < s)
-        centroids.append(tuple(float(v[inside].mean()) for v in (x, y, z)))
+        centroids.append(vec3(float(v[inside].mean()) for v in (x, y, z)))
     fitted = replace(lesion, scales=tuple(float(s) for s in scales))
     volumes = tuple(float(c * step**3 / 1000.0) for c in counts)
     return fitted, LesionFit(volumes, tuple(centroids))

@@ -31,6 +31,7 @@ from .render import render_followup, render_planning_ct
 from .rtdose import write_rtdose
 from .rtplan import PlanInfo, write_rtplan
 from .seg import SERIES_DESCRIPTION, write_seg
+from .shapes import vec3
 
 _MR_PROTOCOL = {"ce": FLAIR, "crn": T1_POST}
 _CT_FOLLOWUP_DESCRIPTION = "AX HEAD NECK CT"
@@ -122,7 +123,7 @@ def _mask_stats(mask: np.ndarray, grid: Grid) -> tuple[float, tuple[float, float
     if len(index) == 0:
         raise RuntimeError("the ground-truth lesion is empty on the follow-up grid")
     centroid = grid.index_to_patient(index).mean(axis=0)
-    return len(index) * grid.voxel_volume_mm3 / 1000.0, tuple(float(v) for v in centroid)
+    return len(index) * grid.voxel_volume_mm3 / 1000.0, vec3(centroid)
 
 
 def _write_image(

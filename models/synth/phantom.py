@@ -14,7 +14,7 @@ from functools import cache
 
 import numpy as np
 
-from .shapes import Arch, Box, Cylinder, Ellipsoid, Slabs, Union
+from .shapes import Arch, Box, Cylinder, Ellipsoid, Slabs, Solid, Union
 from .tissues import Tissue
 
 CEREBRUM = Ellipsoid((0.0, 10.0, 40.0), (64.0, 82.0, 58.0))
@@ -43,7 +43,7 @@ _CANAL = Cylinder((0.0, 46.0), (7.5, 7.5), _SPINE_Z)
 _TEETH_THETA = (0.12, 0.36, 0.6, 0.84, 1.08, 1.3)
 
 
-def _skull() -> list[tuple[Tissue, object]]:
+def _skull() -> list[tuple[Tissue, Solid]]:
     # Inner and outer tables of cortical bone around a marrow (diploe) layer,
     # with a thin CSF space between skull and brain.
     return [
@@ -54,8 +54,8 @@ def _skull() -> list[tuple[Tissue, object]]:
     ]
 
 
-def _brain() -> list[tuple[Tissue, object]]:
-    layers: list[tuple[Tissue, object]] = []
+def _brain() -> list[tuple[Tissue, Solid]]:
+    layers: list[tuple[Tissue, Solid]] = []
     for lobe in (CEREBRUM, CEREBELLUM):
         layers += [(Tissue.GREY_MATTER, lobe), (Tissue.WHITE_MATTER, lobe.grown(-4.0))]
     for lobe in TEMPORAL_LOBES.values():
@@ -78,8 +78,8 @@ def _brain() -> list[tuple[Tissue, object]]:
     return layers
 
 
-def _face() -> list[tuple[Tissue, object]]:
-    layers: list[tuple[Tissue, object]] = []
+def _face() -> list[tuple[Tissue, Solid]]:
+    layers: list[tuple[Tissue, Solid]] = []
     for s in (-1, 1):
         layers += [
             (Tissue.FAT, Ellipsoid((32.0 * s, -50.0, -4.0), (15.0, 18.0, 13.0))),
@@ -98,7 +98,7 @@ def _face() -> list[tuple[Tissue, object]]:
     return layers
 
 
-def _mandible() -> list[tuple[Tissue, object]]:
+def _mandible() -> list[tuple[Tissue, Solid]]:
     teeth = []
     for theta in _TEETH_THETA:
         for s in (-1, 1):
@@ -111,7 +111,7 @@ def _mandible() -> list[tuple[Tissue, object]]:
     ]
 
 
-def _spine() -> list[tuple[Tissue, object]]:
+def _spine() -> list[tuple[Tissue, Solid]]:
     arch = Union(
         (
             Cylinder((0.0, 46.0), (12.5, 12.5), _SPINE_Z),
@@ -129,9 +129,9 @@ def _spine() -> list[tuple[Tissue, object]]:
 
 
 @cache
-def layers() -> tuple[tuple[Tissue, object], ...]:
+def layers() -> tuple[tuple[Tissue, Solid], ...]:
     """The painting order: (tissue, solid) pairs, later ones win."""
-    body = [
+    body: list[tuple[Tissue, Solid]] = [
         (Tissue.SOFT, BODY),
         (Tissue.FAT, BODY.grown(-1.5)),  # skin over subcutaneous fat
         (Tissue.SOFT, BODY.grown(-6.0)),

@@ -24,6 +24,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, TM
 
 from .dicom_common import (
     DEVICE_SERIAL,
@@ -92,8 +93,8 @@ def _make_deterministic(seg: hd.seg.Segmentation, series: SeriesInfo) -> None:
     # highdicom stamps creation and contribution times from the clock and
     # draws a random DimensionOrganizationUID; replace them so that equal
     # inputs give equal bytes.
-    seg.InstanceCreationDate = da(series.date)
-    seg.InstanceCreationTime = series.time
+    seg.InstanceCreationDate = DA(da(series.date))
+    seg.InstanceCreationTime = TM(series.time)
     for item in seg.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = da(series.date) + series.time

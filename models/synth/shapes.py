@@ -10,14 +10,33 @@ near-spherical shapes used here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 Vec3 = tuple[float, float, float]
 
 
-def _box(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+class Solid(Protocol):
+    """What every solid of the phantom answers."""
+
+    def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray: ...
+
+    def bbox(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def grown(self, d: float) -> Solid: ...
+
+
+def vec3(values: Iterable[float]) -> Vec3:
+    """Three floats as a typed (x, y, z) tuple."""
+    x, y, z = (float(v) for v in values)
+    return (x, y, z)
+
+
+def _box(lo: ArrayLike, hi: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lo, float), np.asarray(hi, float)
 
 
@@ -37,7 +56,7 @@ class Ellipsoid:
         return _box(c - s, c + s)
 
     def grown(self, d: float) -> Ellipsoid:
-        return Ellipsoid(self.centre, tuple(s + d for s in self.semi))
+        return Ellipsoid(self.centre, vec3(s + d for s in self.semi))
 
 
 @dataclass(frozen=True)
@@ -77,7 +96,7 @@ class Box:
         return _box(self.lo, self.hi)
 
     def grown(self, d: float) -> Box:
-        return Box(tuple(v - d for v in self.lo), tuple(v + d for v in self.hi))
+        return Box(vec3(v - d for v in self.lo), vec3(v + d for v in self.hi))
 
 
 @dataclass(frozen=True)
@@ -140,7 +159,7 @@ class Slabs:
 class Union:
     """Union of solids; ``grown`` offsets every part."""
 
-    parts: tuple
+    parts: tuple[Solid, ...]
 
     def contains(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         out = np.zeros(np.broadcast(x, y, z).shape, dtype=bool)
