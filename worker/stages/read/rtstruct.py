@@ -68,18 +68,18 @@ def read_rtstruct_masks(path: Path, volume: ImageVolume) -> StructureMasks:
     return result
 
 
-def _roi_number(roi: Dataset, name: str) -> int:
+def _roi_number(item: Dataset, name: str, keyword: str = "ReferencedROINumber") -> int:
     try:
-        return int(roi.ReferencedROINumber)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InputError(f"{name}: ROI contour without a valid ReferencedROINumber") from exc
+        return int(item.get(keyword))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{name}: ROI item without a valid {keyword}") from exc
 
 
 def _roi_names(ds: Dataset, volume: ImageVolume, name: str) -> dict[int, str]:
     """ROI number → unique name, for the ROIs defined in the image's frame of reference."""
     names: dict[int, str] = {}
     for roi in ds.get("StructureSetROISequence", []):
-        number = _roi_number_of_definition(roi, name)
+        number = _roi_number(roi, name, "ROINumber")
         frame = str(roi.get("ReferencedFrameOfReferenceUID", "") or volume.frame_of_reference_uid)
         if frame != volume.frame_of_reference_uid:
             continue
@@ -87,13 +87,6 @@ def _roi_names(ds: Dataset, volume: ImageVolume, name: str) -> dict[int, str]:
         # Two ROIs may share a name; keep both, telling them apart by number.
         names[number] = f"{label} (ROI {number})" if label in names.values() else label
     return names
-
-
-def _roi_number_of_definition(roi: Dataset, name: str) -> int:
-    try:
-        return int(roi.ROINumber)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise InputError(f"{name}: ROI definition without a valid ROINumber") from exc
 
 
 def _check_frame_of_reference(ds: Dataset, volume: ImageVolume, name: str) -> None:
