@@ -57,3 +57,9 @@ class AssemblyError(InputError):
     """The set of instances does not make a valid case (roles, patients, frames of reference)."""
 
     code = "invalid-study"
+
+
+class PromptError(InputError):
+    """The planning dose gives no usable high-dose region on the follow-up scan."""
+
+    code = "no-high-dose-region"
