@@ -15,7 +15,9 @@ EXPECTED_IODS = {"CTImage", "MRImage", "RTPlan", "RTDose", "Segmentation"}
 @pytest.mark.tools
 def test_all_objects_pass_dciodvfy(synth_cases: dict[str, Path]) -> None:
     if not VALIDATE.is_file() or shutil.which("dciodvfy") is None:
-        pytest.skip("dicom-validate.sh or dciodvfy missing (../shared/tools/install-dicom-tools.sh)")
+        pytest.fail(
+            "dicom-validate.sh or dciodvfy missing (../shared/tools/install-dicom-tools.sh)", pytrace=False
+        )
     # Only DICOM folders: case.json is not a DICOM file.
     folders = [d for case in synth_cases.values() for d in sorted(case.iterdir()) if d.is_dir()]
     result = subprocess.run(

@@ -240,7 +240,7 @@ def test_dicompyler_structure_set_on_its_single_ct_slice() -> None:
 
 def _plastimatch_masks(structure_set: Path, ct_files: list[Path], folder: Path) -> dict[str, np.ndarray]:
     if shutil.which("plastimatch") is None:
-        pytest.skip("plastimatch is not installed")
+        pytest.fail("plastimatch is not installed: run ../shared/tools/install-dicom-tools.sh", pytrace=False)
     ct = folder / "ct"
     ct.mkdir(parents=True)
     for path in ct_files:
@@ -304,7 +304,7 @@ def test_test_made_structure_set_is_a_valid_iod(tmp_path: Path) -> None:
     # The reader tests above run on structure sets written by tests.factories: check they are
     # what a conforming system would send.
     if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy is not installed")
+        pytest.fail("dciodvfy is not installed: run ../shared/tools/install-dicom-tools.sh", pytrace=False)
     path = write_rtstruct(
         tmp_path / "rs.dcm", NON_SQUARE, {"Ring": [_square(-6.0, **OUTER), _square(-6.0, **HOLE)]}
     )
