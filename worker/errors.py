@@ -63,3 +63,9 @@ class PromptError(InputError):
     """The planning dose gives no usable high-dose region on the follow-up scan."""
 
     code = "no-high-dose-region"
+
+
+class SpatialRegistrationError(InputError):
+    """A Spatial Registration (REG) object is of an unsupported kind or holds unusable matrices."""
+
+    code = "invalid-spatial-registration"
