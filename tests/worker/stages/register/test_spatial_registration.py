@@ -506,7 +506,9 @@ def test_series_reference_refuses_mixed_series(pair: Pair) -> None:
 @pytest.mark.tools
 def test_written_reg_passes_dciodvfy(pair: Pair, tmp_path: Path) -> None:
     if not VALIDATE.is_file() or shutil.which("dciodvfy") is None:
-        pytest.skip("dicom-validate.sh or dciodvfy missing (../shared/tools/install-dicom-tools.sh)")
+        pytest.fail(
+            "dicom-validate.sh or dciodvfy missing (../shared/tools/install-dicom-tools.sh)", pytrace=False
+        )
     rigid = _write(pair, TRANSFORMS["euler-20deg-80mm"](), tmp_path / "rigid.dcm")
     affine = _write(pair, TRANSFORMS["affine"](), tmp_path / "affine.dcm")
     result = subprocess.run(
@@ -529,7 +531,7 @@ def test_plastimatch_reg_reads_back_as_its_transform(pair: Pair, tmp_path: Path)
     # plastimatch 1.9 exports a REG (xf-convert --output-dicom) but cannot read one back, so the
     # cross-check runs one way: its object, registered to the fixed frame, through our reader.
     if shutil.which("plastimatch") is None:
-        pytest.skip("plastimatch missing (../shared/tools/install-dicom-tools.sh)")
+        pytest.fail("plastimatch is not installed: run ../shared/tools/install-dicom-tools.sh", pytrace=False)
     transform = TRANSFORMS["euler-20deg-80mm"]()
     affine = sitk.AffineTransform(3)
     affine.SetMatrix(transform.GetMatrix())
