@@ -69,3 +69,12 @@ class SpatialRegistrationError(InputError):
     """A Spatial Registration (REG) object is of an unsupported kind or holds unusable matrices."""
 
     code = "invalid-spatial-registration"
+
+
+class RegistrationError(StageError):
+    """Intensity-based registration could not run at all (e.g. the images never overlap).
+
+    An implausible but computed registration is not an error: it is returned with review flags.
+    """
+
+    code = "registration-failed"

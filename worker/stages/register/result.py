@@ -45,6 +45,9 @@ class RegistrationResult:
     method: RegistrationMethod
     qa: RegistrationQA
     flags: list[str] = field(default_factory=list)
+    #: What was decided and why (e.g. a deformable refinement tried and not kept); unlike
+    #: ``flags`` these do not call for review.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def needs_review(self) -> bool:
