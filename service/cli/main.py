@@ -11,7 +11,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import inspect_cmd, synth_cmd
+from service.cli import inspect_cmd, register_cmd, synth_cmd
 from worker.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     synth_cmd.register(commands)
     inspect_cmd.register(commands)
+    register_cmd.register(commands)
     return parser
 
 
