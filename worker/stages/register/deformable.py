@@ -88,10 +88,11 @@ def register_bspline(
 def initial_bspline(fixed: sitk.Image, control_spacing_mm: float) -> sitk.BSplineTransform:
     """A zero cubic B-spline over the fixed grid with about ``control_spacing_mm`` spacing.
 
-    The domain is the grid padded by one voxel: a B-spline is the identity outside its domain,
-    and the scan's outermost voxels reach half a voxel beyond the working grid's centres.
+    The domain is the grid padded by two voxels: a B-spline is the identity outside its domain,
+    and both the scan's outermost voxel centres (up to half a working voxel beyond the working
+    grid's) and the margin of the dose-resampling field must lie inside it.
     """
-    padded = sitk.ConstantPad(fixed, [1, 1, 1], [1, 1, 1])
+    padded = sitk.ConstantPad(fixed, [2, 2, 2], [2, 2, 2])
     extent = np.array(padded.GetSize()) * np.array(padded.GetSpacing())
     mesh = [max(1, math.ceil(e / control_spacing_mm)) for e in extent]
     return sitk.BSplineTransformInitializer(padded, mesh, order=3)

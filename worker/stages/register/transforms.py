@@ -139,7 +139,7 @@ def to_displacement_field(
 
     Resampling a dose through a B-spline evaluates the spline at every output voxel (26 s for
     a 512×512×200 grid here); through a 2 mm field it is a trilinear lookup (4 s, same dose to
-    0.001 Gy, reference/stack_notes.md §3c). The field covers the reference image plus one
+    0.001 Gy, reference/stack_notes.md §3c). The field covers the reference image plus half a
     field voxel on each side, because a DisplacementFieldTransform is the identity outside
     its grid and a voxel centre at the very edge must still be inside.
 
@@ -156,8 +156,8 @@ def to_displacement_field(
         raise ValueError(f"spacing_mm must be positive, got {spacing_mm}")
     direction = np.array(reference_image.GetDirection()).reshape(3, 3)
     extent = (np.array(reference_image.GetSize()) - 1) * np.array(reference_image.GetSpacing())
-    size = [math.ceil(e / spacing_mm) + 3 for e in extent]
-    origin = np.array(reference_image.GetOrigin()) - direction @ np.full(3, spacing_mm)
+    size = [math.ceil(e / spacing_mm) + 2 for e in extent]
+    origin = np.array(reference_image.GetOrigin()) - direction @ np.full(3, spacing_mm / 2.0)
     field = sitk.TransformToDisplacementField(
         transform,
         sitk.sitkVectorFloat64,
