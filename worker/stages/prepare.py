@@ -1,0 +1,82 @@
+"""From a read case to the model's prompt: register → dose on the follow-up → high-dose region.
+
+Inputs: an assembled :class:`Case` and its :class:`CaseData`.
+Output: :class:`PreparedCase` — the registration (with QA and review flags), the planning dose on
+the follow-up grid with its coverage, the high-dose region r with its box, and the dose
+statistics of r. This is the part of the pipeline before inference; ``rtinjury run`` and the
+workers call it, and so does training-data preparation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from worker.stages.assemble.case import Case
+from worker.stages.dose_map import MappedDose, map_dose
+from worker.stages.dose_stats import DoseStatistics, mask_dose_statistics
+from worker.stages.prompts import DEFAULT_TAU, HighDoseRegion, high_dose_region
+from worker.stages.read.case_data import CaseData
+from worker.stages.register.result import RegistrationResult
+from worker.stages.register.stage import RegistrationOptions, register_case
+from worker.stages.register.transforms import is_linear, to_displacement_field
+
+
+@dataclass
+class PreparedCase:
+    """Everything the inference stage needs besides the image itself."""
+
+    registration: RegistrationResult
+    dose: MappedDose
+    region: HighDoseRegion
+    region_dose: DoseStatistics
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_case(
+    case: Case,
+    data: CaseData,
+    *,
+    tau: float = DEFAULT_TAU,
+    registration: RegistrationOptions | None = None,
+) -> PreparedCase:
+    """Register, carry the dose over and derive the high-dose region of one case.
+
+    Raises
+    ------
+    worker.errors.RegistrationError
+        Registration could not run.
+    worker.errors.PromptError
+        No usable high-dose region on the follow-up.
+    """
+    result = register_case(case, data, registration)
+    transform = result.transform
+    if not is_linear(transform):
+        # A B-spline is slow to evaluate per voxel; a 2 mm displacement field gives the same
+        # dose within 0.01 Gy at a sixth of the cost (reference/stack_notes.md §3c).
+        transform = to_displacement_field(transform, data.followup.image, 2.0)
+    dose = map_dose(data.dose.image, data.followup.image, transform)
+    region = high_dose_region(dose.image, tau)
+    mask = sitk.GetImageFromArray(region.mask.astype("uint8"))
+    mask.CopyInformation(data.followup.image)
+    prepared = PreparedCase(result, dose, region, mask_dose_statistics(mask, dose.image))
+    prepared.warnings = _warnings(prepared)
+    return prepared
+
+
+def _warnings(prepared: PreparedCase) -> list[str]:
+    warnings = [f"registration needs review: {flag}" for flag in prepared.registration.flags]
+    # The dose grid normally covers only part of a head scan; what matters is whether the
+    # high-dose region runs into the edge of the follow-up, where it would be cut off.
+    if _touches_border(prepared.region.mask):
+        warnings.append(
+            "the high-dose region reaches the edge of the follow-up field of view "
+            f"(dose covers {prepared.dose.coverage_percent:.0f}% of it); the region may be clipped"
+        )
+    return warnings
+
+
+def _touches_border(mask: np.ndarray) -> bool:
+    return any(mask.take(0, axis=axis).any() or mask.take(-1, axis=axis).any() for axis in range(mask.ndim))
