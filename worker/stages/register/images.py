@@ -10,6 +10,7 @@ measured on the synthetic heads it loses nothing against the full-resolution ans
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import SimpleITK as sitk
@@ -21,6 +22,11 @@ CT_BODY_HU = -400.0
 BODY_FRACTION_OF_P99 = 0.1
 #: Voxels of a body mask below this are treated as "no body found".
 MIN_BODY_VOXELS = 100
+#: Margin around the fixed body in which the metric samples: the skin/air edge is the strongest
+#: feature both modalities share, so it must stay inside the sampled region.
+SAMPLING_MARGIN_MM = 6.0
+#: The QA metric is evaluated on every n-th voxel (per axis) of the sampling region.
+EVALUATION_STEP = 2
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,26 @@ class ImagePair:
     moving: WorkingImage
     spacing_mm: float
 
+    @cached_property
+    def sampling_region(self) -> sitk.Image:
+        """Where the metric samples: the fixed body and a margin around it (uint8 mask)."""
+        return dilate(self.fixed.body, SAMPLING_MARGIN_MM)
+
+    @cached_property
+    def evaluation_region(self) -> sitk.Image:
+        """The sampling region on a regular lattice, for deterministic metric values.
+
+        SimpleITK's MetricEvaluate uses every voxel of the mask (it ignores random sampling);
+        every second voxel per axis gives the same value to the third decimal at 1/8 the cost.
+        """
+        region = sitk.GetArrayFromImage(self.sampling_region)
+        lattice = np.zeros_like(region)
+        step = EVALUATION_STEP
+        lattice[::step, ::step, ::step] = region[::step, ::step, ::step]
+        mask = sitk.GetImageFromArray(lattice)
+        mask.CopyInformation(self.sampling_region)
+        return mask
+
 
 def prepare_pair(
     fixed: sitk.Image, moving: sitk.Image, *, fixed_modality: str, spacing_mm: float
@@ -68,26 +94,36 @@ def working_image(image: sitk.Image, spacing_mm: float, *, modality: str) -> Wor
 
 
 def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Smooth, then resample onto a grid with spacing ``max(spacing_mm, native)`` per axis.
+    """Low-pass, then resample onto a grid with spacing ``max(spacing_mm, native)`` per axis.
 
-    The Gaussian (σ = half the new spacing, only along axes that get coarser) keeps the
-    coarse grid free of aliasing; without it thin bright structures (cortical bone, vessels)
-    flicker in and out of the coarse image and the metric surface gets noisy.
+    Block averages over whole voxels come first (cheap, and already a low-pass filter), then a
+    Gaussian brings the smoothing up to σ ≈ half the new spacing along the axes that get
+    coarser. Without it thin bright structures (cortical bone, vessels) flicker in and out of
+    the coarse grid and the metric surface gets noisy. The new grid keeps the outer corner of
+    the image and never reaches beyond its last voxel centre (no padding values at the edge).
     """
     image = sitk.Cast(image, sitk.sitkFloat32)
     native = np.array(image.GetSpacing())
     target = np.maximum(native, spacing_mm)
     if np.allclose(target, native):
         return image
-    sigmas = [0.5 * t if t > n * 1.01 else 0.0 for t, n in zip(target, native, strict=True)]
+    factors = [max(1, int(t / n + 1e-6)) for t, n in zip(target, native, strict=True)]
+    if max(factors) > 1:
+        image = sitk.BinShrink(image, factors)
+    shrunk = np.array(image.GetSpacing())
+    # A block average of width w has variance w²/12; the Gaussian adds the rest.
+    residual = (0.5 * target) ** 2 - np.where(np.array(factors) > 1, shrunk**2 / 12.0, 0.0)
+    sigmas = [
+        float(np.sqrt(r)) if t > n * 1.01 else 0.0 for r, t, n in zip(residual, target, native, strict=True)
+    ]
     smoothed = _smooth(image, sigmas)
-    size = np.maximum(1, np.round(np.array(image.GetSize()) * native / target)).astype(int)
+    size = np.maximum(1, np.floor(np.array(image.GetSize()) * shrunk / target + 1e-6)).astype(int)
     return sitk.Resample(
         smoothed,
         [int(s) for s in size],
         sitk.Transform(),
         sitk.sitkLinear,
-        _corner_origin(image, native, target),
+        _corner_origin(image, shrunk, target),
         [float(t) for t in target],
         image.GetDirection(),
         float(np.min(sitk.GetArrayViewFromImage(image))),
@@ -96,8 +132,8 @@ def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 
 def _smooth(image: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
-    # The recursive Gaussian accepts one σ per axis; an axis with σ 0 must be left alone
-    # (the filter refuses σ = 0), so those get a σ far below one voxel instead.
+    # The recursive Gaussian takes one σ per axis but refuses σ = 0, so an axis to be left
+    # alone gets a σ far below one voxel instead.
     floor = [0.01 * s for s in image.GetSpacing()]
     return sitk.SmoothingRecursiveGaussian(image, [max(s, f) for s, f in zip(sigmas_mm, floor, strict=True)])
 
@@ -161,9 +197,19 @@ def image_centre(image: sitk.Image) -> np.ndarray:
 
 
 def dilate(mask: sitk.Image, radius_mm: float) -> sitk.Image:
-    """Dilate a mask by about ``radius_mm`` (at least one voxel along each axis)."""
-    radius = [max(1, round(radius_mm / s)) for s in mask.GetSpacing()]
-    return sitk.BinaryDilate(mask, radius)
+    """Dilate a mask by about ``radius_mm`` (at least one voxel along each axis).
+
+    In scipy, one voxel per pass with a box per axis: SimpleITK's binary dilation is ~10×
+    slower at these sizes.
+    """
+    array = sitk.GetArrayFromImage(mask) > 0
+    radius = [max(1, round(radius_mm / s)) for s in mask.GetSpacing()[::-1]]
+    for axis, passes in enumerate(radius):
+        structure = np.ones([3 if a == axis else 1 for a in range(3)], dtype=bool)
+        array = ndimage.binary_dilation(array, structure, iterations=passes)
+    dilated = sitk.GetImageFromArray(array.astype(np.uint8))
+    dilated.CopyInformation(mask)
+    return dilated
 
 
 def coarsen(pair: ImagePair, spacing_mm: float) -> ImagePair:

@@ -48,6 +48,9 @@ class RigidSettings:
         The optimiser stops when its step falls below this.
     starts_optimised: int
         How many of the best-scoring starts are optimised on the coarse grid.
+    coarse_samples: int
+        Metric samples per iteration on the coarse grid (where the working grid's 10 000 would
+        be a third of the body; half as many give the same answer in half the time).
     slab_fraction: float
         A fixed body shorter than this fraction of the moving body (along the slice axis) is
         a slab, and the start search sweeps it along that axis.
@@ -61,7 +64,8 @@ class RigidSettings:
     iterations: int = 200
     learning_rate_mm: float = 2.0
     min_step_mm: float = 1e-3
-    starts_optimised: int = 3
+    starts_optimised: int = 2
+    coarse_samples: int = 5_000
     slab_fraction: float = 0.75
     sweep_step_mm: float = 10.0
     smoothing_mm: float = 0.0
@@ -97,7 +101,10 @@ def _register_once(pair: ImagePair, metric: MetricSettings, settings: RigidSetti
     starts = ranked_starts(coarse, metric, settings)
     if not starts:
         raise RegistrationError("the images do not overlap at any start position (metric not computable)")
-    optimised = [_optimise(coarse, start, metric, settings) for start in starts[: settings.starts_optimised]]
+    coarse_metric = replace(metric, samples=settings.coarse_samples)
+    optimised = [
+        _optimise(coarse, start, coarse_metric, settings) for start in starts[: settings.starts_optimised]
+    ]
     scored = _scored(coarse, [t for t in optimised if t is not None], metric)
     if not scored:
         raise RegistrationError("the optimiser failed from every start position")
@@ -115,8 +122,7 @@ def ranked_starts(
 def _scored(
     pair: ImagePair, transforms: list[sitk.Euler3DTransform], metric: MetricSettings
 ) -> list[tuple[float, sitk.Euler3DTransform]]:
-    mask = metric_mask(pair)
-    scored = [(evaluate_metric(pair, t, metric, mask), t) for t in transforms]
+    scored = [(evaluate_metric(pair, t, metric), t) for t in transforms]
     kept = [(value, t) for value, t in scored if value is not None]
     return sorted(kept, key=lambda item: item[0])
 

@@ -15,11 +15,7 @@ from dataclasses import dataclass
 
 import SimpleITK as sitk
 
-from worker.stages.register.images import ImagePair, dilate, mask_voxels
-
-#: Margin around the fixed body mask in which the metric samples: the skin/air edge is the
-#: strongest feature both modalities share, so it must stay inside the sampled region.
-MASK_MARGIN_MM = 6.0
+from worker.stages.register.images import ImagePair, mask_voxels
 
 
 @dataclass(frozen=True)
@@ -40,7 +36,7 @@ class MetricSettings:
     """
 
     bins: int = 32
-    samples: int = 20_000
+    samples: int = 10_000
     seed: int = 42
     threads: int = 2
 
@@ -57,8 +53,8 @@ def sampling_fraction(samples: int, mask: sitk.Image, shrink: int = 1) -> float:
 
 
 def metric_mask(pair: ImagePair) -> sitk.Image:
-    """The region of the fixed image in which the metric samples."""
-    return dilate(pair.fixed.body, MASK_MARGIN_MM)
+    """The region of the fixed image in which the metric samples (computed once per pair)."""
+    return pair.sampling_region
 
 
 def configure_metric(
@@ -86,12 +82,15 @@ def evaluate_metric(
 ) -> float | None:
     """The metric of ``transform`` on the working grids; None where it cannot be computed.
 
+    Evaluated on every point of ``mask`` (default: the pair's evaluation lattice), so the same
+    transform always gets the same value.
+
     The value cannot be computed when too few samples map into the moving image (no overlap):
     ITK then raises "Joint PDF summed to zero" or "too many samples map outside moving image
     buffer", which here means "no usable alignment", not a failure of the caller.
     """
     method = sitk.ImageRegistrationMethod()
-    configure_metric(method, settings, mask if mask is not None else metric_mask(pair))
+    configure_metric(method, settings, mask if mask is not None else pair.evaluation_region)
     # As the "moving initial" transform rather than the optimised one: ITK refuses a
     # displacement field as the optimised transform unless its grid is the fixed grid.
     method.SetMovingInitialTransform(transform)
