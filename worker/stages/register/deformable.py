@@ -79,10 +79,12 @@ def register_bspline(
     method.SetSmoothingSigmasPerLevel(list(settings.smoothing_mm))
     method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
     method.SetMovingInitialTransform(rigid)
-    # One control grid for every level: refining the mesh between levels (scaleFactors) makes
-    # SimpleITK's L-BFGS-B fail ("Size of scales must equal number of local parameters").
-    levels = len(settings.shrink_factors)
-    method.SetInitialTransformAsBSpline(bspline, inPlace=True, scaleFactors=[1] * levels)
+    # A plain initial transform, not SetInitialTransformAsBSpline: that one re-fits the grid
+    # to each level's fixed image at every level, which drops the padded domain (the outermost
+    # scan slices then fall outside the spline, where it jumps to zero displacement), and its
+    # mesh refinement between levels makes L-BFGS-B fail ("Size of scales must equal number of
+    # local parameters"). One control grid serves every level.
+    method.SetInitialTransform(bspline, inPlace=True)
     try:
         method.Execute(pair.fixed.image, pair.moving.image)
     except RuntimeError as exc:

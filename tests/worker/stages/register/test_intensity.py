@@ -17,6 +17,7 @@ from tests.worker.stages.register.conftest import SynthPair, tre
 from worker.errors import InputError, RegistrationError
 from worker.stages.register.intensity import register_images
 from worker.stages.register.result import RegistrationMethod, RegistrationResult
+from worker.stages.register.transforms import parts
 
 PairFactory = Callable[[str], SynthPair]
 
@@ -85,6 +86,25 @@ def test_ct_follow_up_keeps_a_deformable_refinement_that_improves(
     assert qa.metric_after is not None and orn_rigid.qa.metric_after is not None
     assert qa.metric_after < orn_rigid.qa.metric_after
     assert not orn_default.needs_review, orn_default.flags
+
+
+def test_deformable_result_reaches_the_edges_of_the_scan(
+    synth_pair: PairFactory, orn_default: RegistrationResult
+) -> None:
+    # A B-spline is the identity outside its domain: if the domain stopped short of the scan's
+    # outermost voxels (or of the 2 mm field's half-voxel margin around them), the transform
+    # would jump there, and the dose there would be carried over rigidly.
+    fixed = synth_pair("orn").fixed
+    bspline = next(p for p in parts(orn_default.transform) if isinstance(p, sitk.BSplineTransform))
+    direction = np.array(bspline.GetTransformDomainDirection()).reshape(3, 3)
+    origin = np.array(bspline.GetTransformDomainOrigin())
+    dimensions = np.array(bspline.GetTransformDomainPhysicalDimensions())
+    size = np.array(fixed.GetSize()) - 1
+    for bits in np.ndindex(2, 2, 2):
+        corner = np.array(fixed.TransformIndexToPhysicalPoint([int(c) for c in size * np.array(bits)]))
+        outward = np.where(np.array(bits) > 0, 1.0, -1.0)  # 1 mm further out, along each axis
+        local = direction.T @ (corner + outward - origin)
+        assert np.all(local >= 0) and np.all(local <= dimensions), (corner, local, dimensions)
 
 
 def test_qa_figures_describe_the_registration(orn_rigid: RegistrationResult) -> None:
