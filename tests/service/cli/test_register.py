@@ -122,3 +122,17 @@ def test_wrong_transform_suffix_gives_one_line(orn: Path, tmp_path: Path) -> Non
         str(tmp_path / "t.json"),
     )
     _assert_one_line_error(result, "--out must end in one of .tfm")
+
+
+def test_images_that_cannot_be_registered_give_one_line(orn: Path, tmp_path: Path) -> None:
+    blank = sitk.Image([40, 40, 20], sitk.sitkFloat32)
+    sitk.WriteImage(blank, str(tmp_path / "blank.nii.gz"))
+    result = rtinjury(
+        "register",
+        str(tmp_path / "blank.nii.gz"),
+        str(orn / "planning" / "ct"),
+        "--out",
+        str(tmp_path / "t.tfm"),
+    )
+    _assert_one_line_error(result, "no body found in the follow-up image")
+    assert not (tmp_path / "t.tfm").exists()

@@ -133,7 +133,10 @@ def downsample(image: sitk.Image, spacing_mm: float) -> sitk.Image:
 
 def _smooth(image: sitk.Image, sigmas_mm: list[float]) -> sitk.Image:
     # The recursive Gaussian takes one σ per axis but refuses σ = 0, so an axis to be left
-    # alone gets a σ far below one voxel instead.
+    # alone gets a σ far below one voxel instead. It also needs four voxels along every axis;
+    # a thinner image (a coarse level of a small scan) gets the discrete Gaussian.
+    if min(image.GetSize()) < 4:
+        return sitk.DiscreteGaussian(image, [s * s for s in sigmas_mm], 32, 0.01, True)
     floor = [0.01 * s for s in image.GetSpacing()]
     return sitk.SmoothingRecursiveGaussian(image, [max(s, f) for s, f in zip(sigmas_mm, floor, strict=True)])
 

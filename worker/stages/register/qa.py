@@ -4,9 +4,10 @@ Inputs: the working :class:`~worker.stages.register.images.ImagePair` and a fixe
 transform. Output: :class:`~worker.stages.register.result.RegistrationQA` and plausibility flags.
 
 "Before" is the scans as they lie in their scanner coordinates (the identity transform), "after"
-is the registration. The metric is Mattes MI evaluated densely on every voxel of the dilated
-fixed body (SimpleITK's MetricEvaluate ignores random sampling), so before and after are
-computed on exactly the same points and are not biased towards the samples the optimiser saw.
+is the registration. The metric is Mattes MI evaluated on a fixed lattice (every second working
+voxel) of the dilated fixed body — SimpleITK's MetricEvaluate ignores random sampling — so
+before and after are computed on exactly the same points and are not biased towards the random
+samples the optimiser saw.
 """
 
 from __future__ import annotations

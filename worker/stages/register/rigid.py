@@ -57,7 +57,8 @@ class RigidSettings:
     sweep_step_mm: float
         Step of that sweep.
     smoothing_mm: float
-        Extra Gaussian smoothing (σ) on both grids; raised once when registration fails.
+        Extra Gaussian smoothing (σ) during optimisation; raised, with a coarser start grid,
+        once when registration fails.
     """
 
     coarse_spacing_mm: float = 4.0
@@ -86,7 +87,13 @@ def register_rigid(
         return _register_once(pair, metric, settings)
     except RegistrationError as first:
         log.info("rigid registration failed (%s); retrying with more smoothing", first)
-        smoother = replace(settings, smoothing_mm=settings.smoothing_mm + pair.spacing_mm)
+        # A coarser start grid smooths both images more (σ is half its spacing), which widens
+        # the capture range and fills the joint histogram where a sharper one had no overlap.
+        smoother = replace(
+            settings,
+            coarse_spacing_mm=2.0 * settings.coarse_spacing_mm,
+            smoothing_mm=settings.smoothing_mm + pair.spacing_mm,
+        )
         try:
             return _register_once(pair, metric, smoother)
         except RegistrationError as second:
@@ -197,8 +204,8 @@ def _optimise(
 
 
 def _as_euler(transform: sitk.Transform) -> sitk.Euler3DTransform:
-    # Execute returns the optimised transform wrapped in a CompositeTransform in SimpleITK 2.x
-    # when inPlace=True is not honoured; unwrap so callers always get the Euler parameters.
+    # A copy as a plain Euler3DTransform, whatever SimpleITK hands back (the optimised transform
+    # or, should it ever come wrapped, the first part of a composite).
     if isinstance(transform, sitk.CompositeTransform):
         transform = transform.GetNthTransform(0)
     return sitk.Euler3DTransform(transform)

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 
 from tests.worker.stages.register.conftest import SynthPair, tre
 from worker.errors import InputError, RegistrationError
-from worker.stages.register.intensity import register_images
-from worker.stages.register.result import RegistrationMethod, RegistrationResult
+from worker.stages.register.intensity import _reason_to_discard, register_images
+from worker.stages.register.result import RegistrationMethod, RegistrationQA, RegistrationResult
 from worker.stages.register.transforms import parts
 
 PairFactory = Callable[[str], SynthPair]
@@ -130,13 +130,13 @@ def test_an_empty_follow_up_cannot_be_registered(synth_pair: PairFactory) -> Non
     pair = synth_pair("orn")
     blank = sitk.Image(pair.fixed.GetSize(), sitk.sitkFloat32)
     blank.CopyInformation(pair.fixed)
-    with pytest.raises(RegistrationError, match="rigid registration failed"):
+    with pytest.raises(RegistrationError, match="no body found in the follow-up"):
         register_images(blank, pair.moving, fixed_modality="MR")
 
 
 def test_a_2d_image_is_refused(synth_pair: PairFactory) -> None:
     pair = synth_pair("orn")
-    with pytest.raises(InputError, match="3D volume"):
+    with pytest.raises(InputError, match="3D volume with at least 4 voxels"):
         register_images(pair.fixed[:, :, 10], pair.moving, fixed_modality="CT")
 
 
@@ -144,3 +144,21 @@ def test_threads_must_be_positive(synth_pair: PairFactory) -> None:
     pair = synth_pair("orn")
     with pytest.raises(ValueError, match="threads"):
         register_images(pair.fixed, pair.moving, fixed_modality="CT", threads=0)
+
+
+def test_deformable_keep_rule() -> None:
+    rigid = RegistrationQA(metric_after=-1.00, body_overlap_after=0.97)
+
+    def refined(metric: float, jacobian: tuple[float, float], overlap: float) -> RegistrationQA:
+        return RegistrationQA(
+            metric_after=metric,
+            body_overlap_after=overlap,
+            jacobian_min=jacobian[0],
+            jacobian_max=jacobian[1],
+        )
+
+    assert _reason_to_discard(rigid, refined(-1.05, (0.8, 1.2), 0.97)) is None
+    assert "metric gain 0.5%" in str(_reason_to_discard(rigid, refined(-1.005, (0.8, 1.2), 0.97)))
+    assert "Jacobian" in str(_reason_to_discard(rigid, refined(-1.05, (-0.1, 1.2), 0.97)))
+    assert "Jacobian" in str(_reason_to_discard(rigid, refined(-1.05, (0.8, 2.5), 0.97)))
+    assert "body overlap dropped" in str(_reason_to_discard(rigid, refined(-1.05, (0.8, 1.2), 0.90)))
