@@ -10,13 +10,14 @@ follow-up is resampled onto a 256×256×160 grid (CT→MR), and an ORN case with
   identity (the synthetic scanner coordinates are within 15 mm, so it needs no start search),
   its output vector field read back to measure its error on the same points;
 
-and prints the wall time of each, the target registration error (mean / max over 200 points
-inside the follow-up body, against the full true transform, deformation included), the time
-ratio ours / plastimatch, and the cost of resampling the planning dose onto the follow-up grid
-through the rigid + B-spline transform against through its 2 mm displacement field. It prints
-the targets and whether they were met; it asserts nothing.
+and prints the wall time of each (median of ``--rounds`` runs), the target registration error
+(mean / max over 200 points inside the follow-up body, against the full true transform,
+deformation included), the time ratio ours / plastimatch, and the cost of resampling the
+planning dose onto the follow-up grid through the rigid + B-spline transform against through
+its 2 mm displacement field. It prints the targets and whether they were met; it asserts
+nothing.
 
-    python benchmarks/registration.py [--threads 2] [--keep DIR]
+    python benchmarks/registration.py [--threads 2] [--rounds 3] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -85,6 +87,7 @@ def say(text: str = "") -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2, help="threads for both tools (default 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="timed runs per tool, median shown (default 3)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the images and plastimatch files here")
     args = parser.parse_args()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(args.threads)
@@ -161,7 +164,7 @@ def _errors(transform: sitk.Transform, pair: Pair) -> np.ndarray:
     return np.linalg.norm(mapped - pair.truth.apply(pair.points), axis=1)
 
 
-def _benchmark_pair(pair: Pair, folder: Path, threads: int) -> dict[str, Run]:
+def _benchmark_pair(pair: Pair, folder: Path, threads: int, rounds: int) -> dict[str, Run]:
     size = "x".join(str(v) for v in pair.fixed.GetSize())
     spacing = "x".join(f"{v:.2f}" for v in pair.fixed.GetSpacing())
     before = _errors(sitk.Transform(3, sitk.sitkIdentity), pair)
@@ -170,13 +173,15 @@ def _benchmark_pair(pair: Pair, folder: Path, threads: int) -> dict[str, Run]:
     say(f"  follow-up {size} at {spacing} mm, planning CT {'x'.join(str(v) for v in pair.moving.GetSize())}")
     say(f"  {POINTS} points in the follow-up body; error before {before.mean():.2f} / {before.max():.2f} mm")
     runs = {
-        "ours rigid": _ours(pair, False, threads),
-        "ours rigid+bspline": _ours(pair, True, threads),
+        "ours rigid": _median(lambda: _ours(pair, False, threads), rounds),
+        "ours rigid+bspline": _median(lambda: _ours(pair, True, threads), rounds),
     }
     folder.mkdir(parents=True, exist_ok=True)
     _write_inputs(pair, folder)
-    runs["plastimatch rigid"] = _plastimatch(pair, folder, threads, bspline=False)
-    runs["plastimatch rigid+bspline"] = _plastimatch(pair, folder, threads, bspline=True)
+    runs["plastimatch rigid"] = _median(lambda: _plastimatch(pair, folder, threads, bspline=False), rounds)
+    runs["plastimatch rigid+bspline"] = _median(
+        lambda: _plastimatch(pair, folder, threads, bspline=True), rounds
+    )
     for run in runs.values():
         say(
             f"  {run.label:<27} {run.seconds:6.2f} s   TRE mean {run.tre_mean:.2f} max {run.tre_max:.2f} mm"
@@ -192,6 +197,17 @@ def _benchmark_pair(pair: Pair, folder: Path, threads: int) -> dict[str, Run]:
     if transform is not None:
         runs.update(_dose_resampling(pair, transform))
     return runs
+
+
+def _median(run: Callable[[], Run], rounds: int) -> Run:
+    """Run ``rounds`` times (the machine may be shared); the last run with the median time."""
+    runs = [run() for _ in range(rounds)]
+    last = runs[-1]
+    last.seconds = statistics.median(r.seconds for r in runs)
+    if rounds > 1:
+        spread = f"{min(r.seconds for r in runs):.2f}–{max(r.seconds for r in runs):.2f} s"
+        last.detail = f"median of {rounds}: {spread}; " + last.detail
+    return last
 
 
 def _ours(pair: Pair, deformable: bool, threads: int) -> Run:
