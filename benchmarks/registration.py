@@ -97,7 +97,8 @@ def main() -> None:
         say(f"machine: {os.cpu_count()} cores, {args.threads} threads for both tools; load {_load()}")
         pairs = _make_pairs(work)
         results = {
-            pair.name: _benchmark_pair(pair, work / pair.name.split()[0], args.threads) for pair in pairs
+            pair.name: _benchmark_pair(pair, work / pair.name.split()[0], args.threads, args.rounds)
+            for pair in pairs
         }
         _print_targets(results)
     finally:
