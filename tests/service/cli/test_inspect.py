@@ -5,20 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.patients import write_patient
-
-
-def rtinjury(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+from tests.service.cli.runner import rtinjury
 
 
 def test_inspect_json_lists_roles_dose_and_prescription(tmp_path: Path) -> None:
@@ -78,12 +68,5 @@ def test_site_rules_from_the_environment_are_used(tmp_path: Path) -> None:
     write_patient(tmp_path / "p")
     broken = tmp_path / "rules.yaml"
     broken.write_text("version: 2\n")
-    result = subprocess.run(
-        [sys.executable, "-m", "service.cli.main", "inspect", str(tmp_path / "p")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "RTINJURY_ROLE_RULES": str(broken)},
-    )
+    result = rtinjury("inspect", str(tmp_path / "p"), env={**os.environ, "RTINJURY_ROLE_RULES": str(broken)})
     _assert_one_line_error(result, "role rules")

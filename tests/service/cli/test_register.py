@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,18 +13,9 @@ import SimpleITK as sitk
 
 from models.synth import TrueTransform, write_synthetic_patients
 from tests.conftest import SHARED_DATA
+from tests.service.cli.runner import rtinjury
 
 STS_002 = SHARED_DATA / "ibsi2-sts-ct-mr" / "STS_002"
-
-
-def rtinjury(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.cli.test_inspect import rtinjury
+from tests.service.cli.runner import rtinjury
 
 
 @pytest.fixture(scope="module")
