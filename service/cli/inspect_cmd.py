@@ -22,6 +22,12 @@ def register(commands: Any) -> None:
         default=None,
         help="site role-rules YAML (default: $RTINJURY_ROLE_RULES, else the packaged rules)",
     )
+    parser.add_argument(
+        "--prompt",
+        action="store_true",
+        help="also register each follow-up, carry the dose over and show the high-dose region and box",
+    )
+    parser.add_argument("--tau", type=float, default=0.8, help="high-dose fraction of Dmax (default 0.8)")
     parser.set_defaults(handler=run)
 
 
@@ -30,12 +36,19 @@ def run(args: argparse.Namespace) -> int:
     from worker.stages.assemble.case import assemble_cases
     from worker.stages.assemble.rules import load_rules
     from worker.stages.inspect import describe_assembly
+    from worker.stages.prepare import prepare_case
     from worker.stages.read.case_data import read_case
 
     rules = load_rules(args.rules or get_settings().role_rules)
     with tempfile.TemporaryDirectory(prefix="rtinjury-inspect-") as workdir:
         assembly = assemble_cases(args.paths, Path(workdir), rules)
-        report = describe_assembly(assembly, [read_case(c) for c in assembly.cases])
+        data = [read_case(c) for c in assembly.cases]
+        prepared = (
+            [prepare_case(c, d, tau=args.tau) for c, d in zip(assembly.cases, data, strict=True)]
+            if args.prompt
+            else None
+        )
+        report = describe_assembly(assembly, data, prepared)
     if args.json:
         emit_json(report)
     else:
@@ -72,12 +85,37 @@ def _print_report(report: dict[str, Any]) -> None:
             f"  {'other':<12} RTSTRUCT {case['rtstruct']}, REG {case['reg']}, SEG {case['seg']}; "
             f"registration {'needed' if case['registration_needed'] else 'not needed (same FoR)'}"
         )
+        if "prompt" in case:
+            _print_prompt(case["prompt"])
         for warning in case["warnings"]:
             say(f"  warning: {warning}")
     for item in report["ignored"]:
         say(f"ignored: {item}")
     if report["not_dicom_files"]:
         say(f"ignored: {report['not_dicom_files']} file(s) that are not DICOM")
+
+
+def _print_prompt(prompt: dict[str, Any]) -> None:
+    reg, region, dose = prompt["registration"], prompt["high_dose_region"], prompt["region_dose"]
+    say(
+        f"  {'registration':<12} {reg['method']}, rotation {reg['rotation_degrees']:.2f}°, translation "
+        f"{reg['translation_mm']:.2f} mm, {reg['seconds']:.1f} s"
+        + ("" if reg["body_overlap_after"] is None else f", body overlap {reg['body_overlap_after']:.3f}")
+    )
+    for flag in reg["flags"]:
+        say(f"  warning: registration needs review: {flag}")
+    say(
+        f"  {'high dose':<12} dose ≥ {region['tau']:g}·Dmax = {region['threshold_gy']:.2f} Gy: "
+        f"{region['volume_cc']:.1f} cc, box {region['box_corner_min_mm']} → {region['box_corner_max_mm']} mm "
+        f"(voxels {region['box_index_min']} → {region['box_index_max']}); dose covers "
+        f"{prompt['dose_coverage_percent']:.0f}% of the follow-up"
+    )
+    say(
+        f"  {'region dose':<12} Dmean {dose['mean_gy']:.2f} Gy, D98 {dose['d98_gy']:.2f} Gy, "
+        f"D2 {dose['d2_gy']:.2f} Gy, V60Gy {dose['V60Gy']:.1f}%"
+    )
+    for warning in prompt["warnings"]:
+        say(f"  warning: {warning}")
 
 
 def _image_line(role: str, image: dict[str, Any]) -> str:

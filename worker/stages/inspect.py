@@ -2,23 +2,62 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any
 
 import SimpleITK as sitk
 
 from worker.stages.assemble.case import Assembly, Case
 from worker.stages.assemble.index import Series
+from worker.stages.prepare import PreparedCase
 from worker.stages.read.case_data import CaseData
 from worker.stages.read.series import ImageVolume
 
 
-def describe_assembly(assembly: Assembly, data: list[CaseData]) -> dict[str, Any]:
-    """Every case with its roles, geometry, dose and warnings."""
+def describe_assembly(
+    assembly: Assembly, data: list[CaseData], prepared: list[PreparedCase] | None = None
+) -> dict[str, Any]:
+    """Every case with its roles, geometry, dose and warnings (and its prompt, when prepared)."""
+    cases = [describe_case(c, d) for c, d in zip(assembly.cases, data, strict=True)]
+    for case, ready in zip(cases, prepared or [], strict=False):
+        case["prompt"] = describe_prepared(ready)
+    return {"cases": cases, "ignored": assembly.ignored, "not_dicom_files": assembly.not_dicom}
+
+
+def describe_prepared(prepared: PreparedCase) -> dict[str, Any]:
+    """Registration QA, dose coverage, the high-dose region with its box, and the dose in it."""
+    registration, region, stats = prepared.registration, prepared.region, prepared.region_dose
     return {
-        "cases": [describe_case(c, d) for c, d in zip(assembly.cases, data, strict=True)],
-        "ignored": assembly.ignored,
-        "not_dicom_files": assembly.not_dicom,
+        "registration": {
+            "method": str(registration.method),
+            **{k: _rounded(v) for k, v in asdict(registration.qa).items()},
+            "flags": registration.flags,
+            "notes": registration.notes,
+        },
+        "dose_coverage_percent": round(prepared.dose.coverage_percent, 2),
+        "high_dose_region": {
+            "tau": region.tau,
+            "dmax_gy": round(region.dmax_gy, 3),
+            "threshold_gy": round(region.threshold_gy, 3),
+            "volume_cc": round(region.volume_cc, 3),
+            "components": region.components,
+            "box_index_min": list(region.index_min),
+            "box_index_max": list(region.index_max),
+            "box_corner_min_mm": [round(v, 2) for v in region.corner_min_mm],
+            "box_corner_max_mm": [round(v, 2) for v in region.corner_max_mm],
+        },
+        "region_dose": {
+            "mean_gy": round(stats.mean_gy, 3),
+            "d98_gy": round(stats.d98_gy, 3),
+            "d2_gy": round(stats.d2_gy, 3),
+            **{k: round(v, 2) for k, v in stats.v_percent.items()},
+        },
+        "warnings": prepared.warnings,
     }
+
+
+def _rounded(value: object) -> object:
+    return round(value, 4) if isinstance(value, float) else value
 
 
 def describe_case(case: Case, data: CaseData) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.service.cli.runner import rtinjury
@@ -46,3 +47,23 @@ def test_synth_refuses_bad_arguments_in_one_line(tmp_path: Path) -> None:
     result = rtinjury("synth", "--out", str(tmp_path), "--cases", "0")
     assert result.returncode == 2
     assert result.stderr.startswith("rtinjury: error: ") and len(result.stderr.splitlines()) == 1
+
+
+def test_inspect_prompt_shows_registration_region_and_box(synth_root: Path) -> None:
+    folder = synth_root / "crn-000"
+    truth = json.loads((folder / "case.json").read_text())
+    result = rtinjury("inspect", str(folder), "--prompt", "--json")
+    assert result.returncode == 0, result.stderr
+    prompt = json.loads(result.stdout)["cases"][0]["prompt"]
+    registration, region = prompt["registration"], prompt["high_dose_region"]
+    assert registration["method"] == "rigid" and registration["flags"] == []
+    assert registration["body_overlap_after"] > registration["body_overlap_before"]
+    assert region["tau"] == 0.8 and region["threshold_gy"] == pytest.approx(0.8 * region["dmax_gy"], abs=1e-3)
+    # The lesion centroid (follow-up coordinates) lies within the box of r.
+    low = np.minimum(region["box_corner_min_mm"], region["box_corner_max_mm"])
+    high = np.maximum(region["box_corner_min_mm"], region["box_corner_max_mm"])
+    centroid = np.asarray(truth["lesion"]["centroid_followup_mm"])
+    assert np.all(centroid >= low) and np.all(centroid <= high)
+    assert prompt["region_dose"]["mean_gy"] >= region["threshold_gy"]
+    text = rtinjury("inspect", str(folder), "--prompt")
+    assert "high dose    dose ≥ 0.8·Dmax" in text.stdout and "registration rigid" in text.stdout
