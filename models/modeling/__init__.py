@@ -1,0 +1,1 @@
+"""The network: image encoder, prompt encoder, mask decoder and their composition."""
