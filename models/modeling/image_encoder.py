@@ -48,11 +48,7 @@ def real_key_bias(rel: tuple[torch.Tensor, torch.Tensor, torch.Tensor], grid: in
     """Sum the per-axis terms for the real keys: (B, heads, N, N) with N = grid³ (row-major d, h, w)."""
     rel_d, rel_h, rel_w = (r[..., :grid] for r in rel)
     b, n = rel_d.shape[:2]
-    bias = (
-        rel_d[..., :, None, None]
-        + rel_h[..., None, :, None]
-        + rel_w[..., None, None, :]
-    )
+    bias = rel_d[..., :, None, None] + rel_h[..., None, :, None] + rel_w[..., None, None, :]
     return bias.reshape(b, n, grid**3, grid**3)
 
 

@@ -40,7 +40,12 @@ class Attention(nn.Module):
 
 class TwoWayAttentionBlock(nn.Module):
     def __init__(
-        self, embedding_dim: int, num_heads: int, mlp_dim: int, downsample_rate: int, skip_first_layer_pe: bool
+        self,
+        embedding_dim: int,
+        num_heads: int,
+        mlp_dim: int,
+        downsample_rate: int,
+        skip_first_layer_pe: bool,
     ) -> None:
         super().__init__()
         self.self_attn = Attention(embedding_dim, num_heads)
@@ -79,7 +84,9 @@ class TwoWayTransformer3D(nn.Module):
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TwoWayAttentionBlock(embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=i == 0)
+            TwoWayAttentionBlock(
+                embedding_dim, num_heads, mlp_dim, downsample_rate, skip_first_layer_pe=i == 0
+            )
             for i in range(depth)
         )
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, downsample_rate)

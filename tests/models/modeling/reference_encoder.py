@@ -36,10 +36,7 @@ def reference_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
     rw = torch.einsum("bdhwc,wkc->bdhwk", r_q, _rel_table(attn.rel_pos_w, s))
     logits = logits.reshape(b * heads, s, s, s, s, s, s)
     logits = (
-        logits
-        + rd[:, :, :, :, :, None, None]
-        + rh[:, :, :, :, None, :, None]
-        + rw[:, :, :, :, None, None, :]
+        logits + rd[:, :, :, :, :, None, None] + rh[:, :, :, :, None, :, None] + rw[:, :, :, :, None, None, :]
     ).reshape(b * heads, n, n)
     out = logits.softmax(dim=-1) @ v
     out = out.reshape(b, heads, s, s, s, hd).permute(0, 2, 3, 4, 1, 5).reshape(b, s, s, s, dim)
