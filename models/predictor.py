@@ -1,0 +1,226 @@
+"""Interactive prediction (SAM's ``SamPredictor``): embed once, decode many times.
+
+``set_volume`` resamples the follow-up image to the working grid, normalises it, places the
+crop(s) around the focus box (tiles when the box exceeds one crop) and runs the image encoder
+once per crop. ``predict`` turns patient-space prompts (box corners, clicks) into crop voxel
+coordinates, runs prompt encoder + decoder per crop, and pastes the logits back; the previous
+prediction's low-resolution logits can feed back as the mask prompt, as in training.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from torch.nn import functional as F
+
+from models.errors import PromptInputError
+from models.modeling.prompt_encoder import BOX_MAX_LABEL, BOX_MIN_LABEL, PAD_LABEL
+from models.runtime import InferenceBackend
+from models.transforms import Crop, WorkingGrid, plan_crops, zscore_foreground
+
+# Logit given to working-grid voxels that no crop covers: certainly background.
+OUTSIDE_LOGIT = -20.0
+
+
+@dataclass(frozen=True)
+class PatientBox:
+    """A box given by points in patient space (LPS mm), e.g. the 8 corners of r's index box.
+
+    Its extent on the working grid is the bounding box of the points' working indices.
+    """
+
+    points: np.ndarray
+
+    @classmethod
+    def from_corners(cls, corner_min: Sequence[float], corner_max: Sequence[float]) -> PatientBox:
+        lo, hi = np.asarray(corner_min, dtype=np.float64), np.asarray(corner_max, dtype=np.float64)
+        corners = [[(lo, hi)[b][axis] for axis, b in enumerate(bits)] for bits in np.ndindex(2, 2, 2)]
+        return cls(np.asarray(corners, dtype=np.float64))
+
+    def on_grid(self, grid: WorkingGrid) -> tuple[np.ndarray, np.ndarray]:
+        indices = grid.patient_to_index(np.asarray(self.points).reshape(-1, 3))
+        return np.round(indices.min(axis=0)), np.round(indices.max(axis=0))
+
+
+@dataclass(frozen=True)
+class Click:
+    point_mm: tuple[float, float, float]
+    positive: bool
+
+
+@dataclass
+class Prediction:
+    """Logits on the working grid, the low-resolution logits per crop, and where they came from."""
+
+    grid: WorkingGrid
+    logits: np.ndarray
+    low_res: list[np.ndarray]
+    crops: list[Crop]
+    notes: list[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+
+    def mask(self) -> np.ndarray:
+        """Binary lesion mask on the working grid (logit > 0, i.e. probability > 0.5)."""
+        return self.logits > 0
+
+    def mask_on(self, reference: sitk.Image) -> sitk.Image:
+        """The lesion mask on another grid (e.g. the follow-up series), UInt8.
+
+        Logits are interpolated linearly and then thresholded, which keeps the boundary where
+        the network put it rather than snapping it to 1 mm voxels.
+        """
+        logits = sitk.Resample(
+            self.grid.to_image(self.logits.astype(np.float32)),
+            reference,
+            sitk.Transform(),
+            sitk.sitkLinear,
+            OUTSIDE_LOGIT,
+            sitk.sitkFloat32,
+        )
+        return sitk.Cast(logits > 0.0, sitk.sitkUInt8)
+
+
+@dataclass
+class _Embedded:
+    grid: WorkingGrid
+    crops: list[Crop]
+    embeddings: list[np.ndarray]
+    encode_seconds: float
+
+
+class Predictor:
+    def __init__(self, backend: InferenceBackend) -> None:
+        self.backend = backend
+        self.config = backend.config
+        self._state: _Embedded | None = None
+
+    @property
+    def is_volume_set(self) -> bool:
+        return self._state is not None
+
+    @property
+    def encode_seconds(self) -> float:
+        return self._state.encode_seconds if self._state else 0.0
+
+    def reset(self) -> None:
+        self._state = None
+
+    def set_volume(self, image: sitk.Image, focus: PatientBox | None = None) -> None:
+        """Resample, normalise, place the crops around ``focus`` (default: the volume's centre), embed."""
+        grid = WorkingGrid.covering(image)
+        raw = grid.resample(image)
+        volume, mean, std = zscore_foreground(raw)
+        pad_value = -mean / std  # raw 0 outside the scan, as upstream pads before normalising
+        if focus is None:
+            lo = hi = (np.asarray(grid.size) - 1) / 2.0
+        else:
+            lo, hi = focus.on_grid(grid)
+        crops = plan_crops(lo, hi, self.config.img_size)
+        start = time.perf_counter()
+        embeddings = [self.backend.embed(crop.extract(volume, pad_value)[None, None]) for crop in crops]
+        self._state = _Embedded(grid, crops, embeddings, time.perf_counter() - start)
+
+    def predict(
+        self,
+        *,
+        box: PatientBox | None = None,
+        clicks: Sequence[Click] = (),
+        text_features: np.ndarray | None = None,
+        previous: Prediction | None = None,
+    ) -> Prediction:
+        state = self._require_volume()
+        text = self._text_input(text_features)
+        notes: list[str] = []
+        size = self.config.low_res_size
+        logits_sum = np.zeros(state.grid.size, dtype=np.float32)
+        counts = np.zeros(state.grid.size, dtype=np.float32)
+        low_res: list[np.ndarray] = []
+        start = time.perf_counter()
+        for i, (crop, embedding) in enumerate(zip(state.crops, state.embeddings, strict=True)):
+            coords, labels = self._crop_prompts(state.grid, crop, box, clicks, notes)
+            mask_input = self._mask_input(previous, i, size)
+            crop_logits, _ = self.backend.decode(embedding, coords, labels, mask_input, text)
+            low_res.append(crop_logits)
+            crop.add_into(logits_sum, _upsample(crop_logits, crop.size), counts)
+        elapsed = time.perf_counter() - start
+        logits = np.where(counts > 0, logits_sum / np.maximum(counts, 1), OUTSIDE_LOGIT).astype(np.float32)
+        return Prediction(state.grid, logits, low_res, list(state.crops), sorted(set(notes)), elapsed)
+
+    def _require_volume(self) -> _Embedded:
+        if self._state is None:
+            raise PromptInputError("no volume set: call set_volume() before predict()")
+        return self._state
+
+    def _text_input(self, text_features: np.ndarray | None) -> np.ndarray | None:
+        text_dim = self.config.text_dim
+        if text_dim is None:
+            if text_features is not None:
+                raise PromptInputError(
+                    f"the {self.config.name} network has no text branch; omit text features"
+                )
+            return None
+        if text_features is None:
+            raise PromptInputError(f"the {self.config.name} network needs text features ({text_dim} values)")
+        features = np.asarray(text_features, dtype=np.float32).reshape(1, -1)
+        if features.shape[1] != text_dim:
+            raise PromptInputError(
+                f"text features have {features.shape[1]} values; "
+                f"the {self.config.name} network takes {text_dim}"
+            )
+        return features
+
+    def _crop_prompts(
+        self, grid: WorkingGrid, crop: Crop, box: PatientBox | None, clicks: Sequence[Click], notes: list[str]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Clicks inside the crop, then box corners (clipped to the crop) or upstream's padding point."""
+        coords: list[np.ndarray] = []
+        labels: list[int] = []
+        if clicks:
+            points = crop.grid_to_crop(grid.patient_to_index(np.array([c.point_mm for c in clicks])))
+            inside = crop.contains(points)
+            for point, click, keep in zip(points, clicks, inside, strict=True):
+                if keep:
+                    coords.append(point)
+                    labels.append(1 if click.positive else 0)
+        if box is not None:
+            lo, hi = (crop.grid_to_crop(corner) for corner in box.on_grid(grid))
+            lo, hi = np.clip(lo, 0, crop.size - 1), np.clip(hi, 0, crop.size - 1)
+            if self.config.box_prompt:
+                coords += [lo, hi]
+                labels += [BOX_MIN_LABEL, BOX_MAX_LABEL]
+            else:
+                # Upstream's box-less networks: the box becomes a click at its centre (as the
+                # SAM-Med3D CVPR25 baseline does).
+                notes.append("this network has no box branch; the box was given as a click at its centre")
+                coords.append((lo + hi) / 2)
+                labels.append(1)
+        if box is None or not self.config.box_prompt:
+            coords.append(np.zeros(3))
+            labels.append(PAD_LABEL)
+        return (
+            np.asarray(coords, dtype=np.float32).reshape(1, -1, 3),
+            np.asarray(labels, dtype=np.int64).reshape(1, -1),
+        )
+
+    def _mask_input(self, previous: Prediction | None, index: int, size: int) -> np.ndarray:
+        if previous is None:
+            # Upstream always passes a mask prompt, all zeros on the first pass (§4.4).
+            return np.zeros((1, 1, size, size, size), dtype=np.float32)
+        if len(previous.low_res) != len(self._require_volume().crops):
+            raise PromptInputError(
+                "the previous prediction was made on other crops; set_volume changed since"
+            )
+        return np.asarray(previous.low_res[index], dtype=np.float32).reshape(1, 1, size, size, size)
+
+
+def _upsample(low_res: np.ndarray, size: int) -> np.ndarray:
+    """Low-resolution logits → crop size, trilinear, align_corners=False (upstream's postprocess)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(low_res, dtype=np.float32)).reshape(
+        1, 1, *low_res.shape[-3:]
+    )
+    return F.interpolate(tensor, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0].numpy()
