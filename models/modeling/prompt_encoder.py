@@ -28,19 +28,21 @@ BOX_MAX_LABEL = 3
 class PositionEmbeddingRandom3D(nn.Module):
     """Random Fourier features of normalised coordinates: [sin, cos, sin] of 2π(2c − 1)·G."""
 
+    positional_encoding_gaussian_matrix: torch.Tensor
+
     def __init__(self, num_pos_feats: int) -> None:
         super().__init__()
         # Persistent: the checkpoint holds it; regenerating it would break pretrained weights.
         self.register_buffer("positional_encoding_gaussian_matrix", torch.randn(3, num_pos_feats))
 
     def _encode(self, coords: torch.Tensor) -> torch.Tensor:
-        matrix: torch.Tensor = self.positional_encoding_gaussian_matrix
+        matrix = self.positional_encoding_gaussian_matrix
         u = 2 * math.pi * ((2 * coords - 1) @ matrix.to(coords.dtype))
         return torch.cat([torch.sin(u), torch.cos(u), torch.sin(u)], dim=-1)
 
     def dense(self, grid: int) -> torch.Tensor:
         """(C, G, G, G) encoding of the token-grid centres, with upstream's first-two-axes swap."""
-        matrix: torch.Tensor = self.positional_encoding_gaussian_matrix
+        matrix = self.positional_encoding_gaussian_matrix
         centres = (torch.arange(grid, dtype=matrix.dtype, device=matrix.device) + 0.5) / grid
         i0, i1, i2 = torch.meshgrid(centres, centres, centres, indexing="ij")
         # Upstream follows the 2-D SAM x/y convention here but not for points; the pretrained
@@ -117,6 +119,7 @@ class PromptEncoder3D(nn.Module):
         is_pad = (labels == PAD_LABEL).unsqueeze(-1).to(pe.dtype)
         tokens = pe * (1 - is_pad) + self.not_a_point_embed.weight * is_pad
         for label, embedding in enumerate(self.point_embeddings):
+            assert isinstance(embedding, nn.Embedding)
             tokens = tokens + embedding.weight * (labels == label).unsqueeze(-1).to(pe.dtype)
         return tokens
 
