@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import inspect_cmd, register_cmd, synth_cmd
+from models.errors import ModelError
+from service.cli import export_onnx_cmd, inspect_cmd, register_cmd, synth_cmd
 from worker.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -33,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     synth_cmd.register(commands)
     inspect_cmd.register(commands)
     register_cmd.register(commands)
+    export_onnx_cmd.register(commands)
     return parser
 
 
@@ -46,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.handler(args))
-    except InputError as exc:
+    except (InputError, ModelError) as exc:
         _fail(f"error: {exc.message}")
         return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
