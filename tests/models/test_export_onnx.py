@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
-import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -231,18 +232,21 @@ def test_out_dir_that_cannot_be_created_is_an_export_error(plain: Sam3D, tmp_pat
     assert info.value.code == "export-failed"
 
 
-def test_read_only_out_dir_is_an_export_error(plain: Sam3D, tmp_path: Path) -> None:
+def test_unwritable_out_dir_is_an_export_error(
+    plain: Sam3D, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Failure injection: the disk refuses the write (full, read-only mount, permissions)."""
     out_dir = tmp_path / "ro"
     out_dir.mkdir()
-    out_dir.chmod(0o555)
-    if os.access(out_dir, os.W_OK):
-        out_dir.chmod(0o755)
-        pytest.skip("running as root: permissions do not stop writes")
-    try:
-        with pytest.raises(ExportError, match="cannot write into the ONNX export directory"):
-            export_onnx(plain, out_dir)
-    finally:
-        out_dir.chmod(0o755)
+
+    def refuse(*args: object, **kwargs: object) -> tuple[int, str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(ExportError, match="cannot write into the ONNX export directory") as info:
+        export_onnx(plain, out_dir)
+    assert "No space left" in str(info.value)
+    assert list(out_dir.iterdir()) == []
 
 
 def _copy_export(export: OnnxExport, dest: Path) -> dict[str, bytes]:
