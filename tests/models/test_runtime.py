@@ -246,7 +246,7 @@ def test_manifest_round_trip_survives_json(export_dir: Path) -> None:
 
 def test_torch_backend_on_cuda_runs_or_says_why_not(small: Sam3D) -> None:
     if torch.cuda.is_available():  # a GPU worker
-        assert TorchBackend(small, device="cuda").device.startswith("cuda")
+        assert TorchBackend(build_model("small"), device="cuda").device.startswith("cuda")
     else:
         with pytest.raises(ModelError, match="cannot run the network on device 'cuda'"):
             TorchBackend(small, device="cuda")
