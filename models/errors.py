@@ -9,10 +9,14 @@ that names the file or key at fault (never patient data).
 from __future__ import annotations
 
 
-class ModelError(Exception):
-    """Base class of the model package's user-facing errors."""
+class CodedError(Exception):
+    """An error with a stable ``code`` and a message fit for a user (no patient data).
 
-    code = "model-error"
+    The worker's stage errors derive from it too (``models`` is the bottom layer), so the CLI,
+    the API and the DICOM node map one kind of error.
+    """
+
+    code = "error"
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -22,6 +26,12 @@ class ModelError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class ModelError(CodedError):
+    """Base class of the model package's user-facing errors."""
+
+    code = "model-error"
 
 
 class CheckpointError(ModelError):

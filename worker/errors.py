@@ -7,20 +7,13 @@ that names the DICOM attribute or file at fault. Messages never contain patient 
 
 from __future__ import annotations
 
+from models.errors import CodedError
 
-class StageError(Exception):
+
+class StageError(CodedError):
     """Base class of every error raised by a pipeline stage."""
 
     code = "stage-error"
-
-    def __init__(self, message: str, *, code: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        if code is not None:
-            self.code = code
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class InputError(StageError):
