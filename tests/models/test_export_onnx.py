@@ -21,28 +21,14 @@ from models.config import ModelConfig, get_config
 from models.errors import ExportError
 from models.export_onnx import PARITY_TOLERANCE, OnnxExport, export_onnx
 from models.modeling.network import Sam3D
+from tests.models.conftest import PLAIN
 
 WEIGHTS_SHA = "ab" * 32
-PLAIN = get_config("small").with_changes(name="small-plain", text_dim=None, box_prompt=False)
 
 
 def _model(config: ModelConfig | str, seed: int) -> Sam3D:
     torch.manual_seed(seed)
     return build_model(config).eval()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    """The test machine's two cores are shared; keep torch from oversubscribing them."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def small() -> Sam3D:
-    return _model("small", seed=0)
 
 
 @pytest.fixture(scope="module")

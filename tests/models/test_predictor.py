@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import torch
 
 from models.build import build_model
 from models.config import ModelConfig, get_config
 from models.errors import PromptInputError
+from models.modeling.network import Sam3D
 from models.predictor import Click, PatientBox, Predictor
 from models.runtime import TorchBackend
 from tests.models.test_transforms import ORIENTATIONS, SPHERE_CENTRE_MM, _sphere_image
@@ -76,9 +76,8 @@ class SphereOracle:
 
 
 @pytest.fixture(scope="module")
-def small_backend() -> TorchBackend:
-    torch.manual_seed(0)
-    return TorchBackend(build_model("small").eval(), device="cpu", threads=2)
+def small_backend(small: Sam3D) -> TorchBackend:
+    return TorchBackend(small, device="cpu", threads=2)
 
 
 def _text(dim: int = 384) -> np.ndarray:

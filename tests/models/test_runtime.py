@@ -16,24 +16,9 @@ from models.errors import ModelError, PromptInputError
 from models.export_onnx import export_onnx
 from models.modeling.network import Sam3D
 from models.runtime import InferenceBackend, OnnxBackend, TorchBackend, default_providers, open_backend
+from tests.models.conftest import PLAIN
 
 TOLERANCE = 1e-3
-PLAIN = get_config("small").with_changes(name="small-plain", text_dim=None, box_prompt=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _two_threads():
-    """The test machine's two cores are shared; keep torch from oversubscribing them."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def small() -> Sam3D:
-    torch.manual_seed(0)
-    return build_model("small").eval()
 
 
 @pytest.fixture(scope="module")

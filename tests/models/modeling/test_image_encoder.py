@@ -11,11 +11,6 @@ from models.modeling.image_encoder import Attention
 from tests.models.modeling.reference_encoder import randomise_, reference_attention, reference_encoder
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> None:
-    torch.set_num_threads(2)
-
-
 def _volume(seed: int, size: int = 128) -> torch.Tensor:
     return torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(seed))
 
