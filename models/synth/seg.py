@@ -1,30 +1,18 @@
 """Ground-truth DICOM-SEG writer (highdicom), one binary segment on the follow-up series.
 
-Segment codes (SNOMED CT, all in pydicom's code dictionary: category from DICOM
-CID 7150, property type from CID 7151, anatomic region from CID 4):
-
-- orn: category 49755003 "Morphologically Abnormal Structure",
-  property type 6574001 "Necrosis", anatomic region 91609006 "Mandible";
-- ce: category 49755003, property type 79654002 "Edema",
-  anatomic region 78277001 "Temporal lobe";
-- crn: category 49755003, property type 6574001 "Necrosis",
-  anatomic region 78277001 "Temporal lobe".
-
-The disorder concepts (e.g. 2032001 "Cerebral edema") are not used: the
-segmented property is the morphologic change, the disease is in the label.
+Segment codes come from :mod:`models.tasks`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.valuerep import DA, TM
+
+from models.tasks import TASKS, SegmentCodes
 
 from .dicom_common import (
     DEVICE_SERIAL,
@@ -38,37 +26,7 @@ from .dicom_common import (
     write,
 )
 
-
-@dataclass(frozen=True)
-class SegmentCodes:
-    """Label and SNOMED CT codes of one task's segment."""
-
-    label: str
-    category: Code
-    property_type: Code
-    anatomic_region: Code
-
-
-SEGMENT_CODES: dict[str, SegmentCodes] = {
-    "orn": SegmentCodes(
-        "Osteoradionecrosis",
-        codes.SCT.MorphologicallyAbnormalStructure,
-        codes.SCT.Necrosis,
-        codes.SCT.Mandible,
-    ),
-    "ce": SegmentCodes(
-        "Cerebral edema",
-        codes.SCT.MorphologicallyAbnormalStructure,
-        codes.SCT.Edema,
-        codes.SCT.TemporalLobe,
-    ),
-    "crn": SegmentCodes(
-        "Cerebral radiation necrosis",
-        codes.SCT.MorphologicallyAbnormalStructure,
-        codes.SCT.Necrosis,
-        codes.SCT.TemporalLobe,
-    ),
-}
+SEGMENT_CODES: dict[str, SegmentCodes] = {name: spec.codes for name, spec in TASKS.items()}
 
 SERIES_DESCRIPTION = "Ground truth (synthetic)"
 
