@@ -159,7 +159,9 @@ def write_enhanced_mr(spec: SeriesSpec, path: Path, frame_order: Sequence[int] |
     order = list(frame_order) if frame_order is not None else list(range(len(spec.positions)))
     ds.NumberOfFrames = len(order)
     shared = Dataset()
-    shared.PlaneOrientationSequence = DicomSequence([_item(ImageOrientationPatient=list(spec.orientation))])
+    shared.PlaneOrientationSequence = DicomSequence(
+        [_item(ImageOrientationPatient=[f"{v:.8f}" for v in spec.orientation])]
+    )
     shared.PixelMeasuresSequence = DicomSequence(
         [_item(PixelSpacing=list(spec.pixel_spacing), SliceThickness=2)]
     )
@@ -182,7 +184,7 @@ def write_enhanced_mr(spec: SeriesSpec, path: Path, frame_order: Sequence[int] |
 
 def _per_frame(position: Sequence[float]) -> Dataset:
     item = Dataset()
-    item.PlanePositionSequence = DicomSequence([_item(ImagePositionPatient=list(position))])
+    item.PlanePositionSequence = DicomSequence([_item(ImagePositionPatient=[f"{v:.6f}" for v in position])])
     item.FrameContentSequence = DicomSequence([_item(StackID="1")])
     return item
 

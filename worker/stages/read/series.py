@@ -42,6 +42,9 @@ class ImageVolume:
     decoded: int
     patient_position: str
     warnings: list[str] = field(default_factory=list)
+    #: The planes read, in stack order (their files and exact geometry): outputs that reference
+    #: the source instances (SEG, RTSTRUCT) are written on these, whatever ``image`` was resampled to.
+    frames: list[Frame] = field(default_factory=list)
 
 
 def read_image_series(paths: Sequence[Path], policy: GeometryPolicy | None = None) -> ImageVolume:
@@ -87,6 +90,7 @@ def read_image_series(paths: Sequence[Path], policy: GeometryPolicy | None = Non
         decoded=decoded.decoded,
         patient_position=str(first.get("PatientPosition", "")),
         warnings=warnings,
+        frames=list(stack.frames),
     )
 
 
