@@ -25,8 +25,7 @@ inside :func:`render_preview`, keeping this module cheap to import.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,7 @@ import SimpleITK as sitk
 
 from models.tasks import TASKS
 from worker.stages.export.algorithm import UNREVIEWED
-from worker.stages.export.report import index_to_physical, lesion_summary
+from worker.stages.export.report import index_to_physical, lesion_summary, write_atomically
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -538,13 +537,8 @@ def _save(figure: Figure, path: Path) -> None:
 
     canvas = FigureCanvasAgg(figure)
     canvas.draw()
-    # The figure is opaque; dropping alpha halves nothing visible and suits every viewer.
-    pixels = np.asarray(canvas.buffer_rgba())[..., :3]
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            Image.fromarray(np.ascontiguousarray(pixels)).save(stream, format="PNG")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    # The figure is opaque: RGB, no alpha channel, suits every viewer and mail client.
+    pixels = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
+    encoded = io.BytesIO()
+    Image.fromarray(pixels).save(encoded, format="PNG")
+    write_atomically(path, encoded.getvalue())

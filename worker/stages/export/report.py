@@ -46,6 +46,7 @@ SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "report.schema.j
 GRID_TOLERANCE = 1e-4
 #: Output names the caller is expected to fill in (others are allowed).
 OUTPUT_NAMES = ("seg", "rtstruct", "sr", "preview")
+FILE_MODE = 0o644
 
 Point = tuple[float, float, float]
 Index = tuple[int, int, int]
@@ -396,18 +397,24 @@ def _point(values: Sequence[float] | np.ndarray) -> Point:
 def write_report(report: Report, path: Path) -> Path:
     """Write ``report`` as JSON, atomically: readers see the old file or the whole new one."""
     path = Path(path)
-    text = report.model_dump_json(indent=2) + "\n"
+    write_atomically(path, (report.model_dump_json(indent=2) + "\n").encode("utf-8"))
+    return path
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder and os.replace; never a half-written file."""
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            # mkstemp makes owner-only files; outputs are read by the service's other users.
+            os.fchmod(stream.fileno(), FILE_MODE)
+            stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def report_json_schema() -> dict[str, Any]:

@@ -235,6 +235,7 @@ def test_same_inputs_give_the_same_bytes(export_grid_kit: Any, tmp_path: Path) -
         )
     assert paths[0].read_bytes() == paths[1].read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "two.png"]  # no temporary file left
+    assert paths[0].stat().st_mode & 0o777 == 0o644
 
 
 def test_real_case_preview(export_orn_case: Any, export_artefacts: Path) -> None:

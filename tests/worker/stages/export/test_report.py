@@ -323,6 +323,7 @@ def test_write_report_replaces_atomically(real_report: Report, tmp_path: Path) -
     write_report(real_report, path)
     assert Report.model_validate_json(path.read_text(encoding="utf-8")) == real_report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temporary file left
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by the service's other users
 
 
 @pytest.mark.parametrize("name", ["/srv/jobs/1/seg.dcm", "../seg.dcm", "C:seg.dcm", ""])
