@@ -20,8 +20,8 @@ from pydicom.uid import generate_uid
 
 from models.tasks import TASKS
 from worker.errors import AssemblyError
-from worker.stages.dose_stats import DoseStatistics
 from worker.stages.export.algorithm import MANUFACTURER, MODEL_NAME, AlgorithmInfo
+from worker.stages.export.report import DoseSummary
 
 DEFAULT_SERIES_NUMBER = 903
 PRIVATE_SCHEME = "99RTINJ"
@@ -37,7 +37,7 @@ class SegmentMeasurements:
     task: str
     segment_number: int
     volume_cc: float
-    dose: DoseStatistics | None
+    dose: DoseSummary | None
 
 
 def write_measurement_report(
@@ -108,9 +108,11 @@ def _measurements(
         return items
     absorbed = codes.DCM.AbsorbedDose
     items += [
-        hd.sr.Measurement(absorbed, dose.mean_gy, GRAY, derivation=codes.SCT.Mean, algorithm_id=algorithm_id),
         hd.sr.Measurement(
-            absorbed, dose.max_gy, GRAY, derivation=codes.SCT.Maximum, algorithm_id=algorithm_id
+            absorbed, dose.dmean_gy, GRAY, derivation=codes.SCT.Mean, algorithm_id=algorithm_id
+        ),
+        hd.sr.Measurement(
+            absorbed, dose.dmax_gy, GRAY, derivation=codes.SCT.Maximum, algorithm_id=algorithm_id
         ),
         hd.sr.Measurement(
             _private("D98", "Dose to 98% of the volume"), dose.d98_gy, GRAY, algorithm_id=algorithm_id

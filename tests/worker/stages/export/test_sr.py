@@ -15,6 +15,7 @@ from tests.conftest import SHARED_DATA
 from tests.worker.stages.export.grids import Written, physical_points, sphere, write_grids
 from worker.stages.dose_stats import mask_dose_statistics
 from worker.stages.export.algorithm import AlgorithmInfo
+from worker.stages.export.report import dose_summary
 from worker.stages.export.seg import Finding, write_segmentation
 from worker.stages.export.source import source_series
 from worker.stages.export.sr import SegmentMeasurements, write_measurement_report
@@ -40,7 +41,7 @@ def _files(written: Written, tmp_path: Path) -> tuple[Path, Path, SegmentMeasure
     mask = sphere(written.volume, 3.0)
     seg = write_segmentation(source_series(written.volume), [Finding("crn", mask)], ALGORITHM)
     stats = mask_dose_statistics(mask, _ramp_dose(written))
-    measured = SegmentMeasurements("crn", 1, stats.volume_cc, stats)
+    measured = SegmentMeasurements("crn", 1, stats.volume_cc, dose_summary(stats))
     sr = write_measurement_report(seg, [measured], ALGORITHM)
     seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
     seg.save_as(seg_path)
@@ -61,13 +62,13 @@ def test_report_reads_back_with_the_measurements(written: Written, tmp_path: Pat
     }
     assert values[("Volume", None)] == pytest.approx(measured.volume_cc)
     assert measured.dose is not None
-    assert values[("Absorbed Dose", "Mean")] == pytest.approx(measured.dose.mean_gy)
+    assert values[("Absorbed Dose", "Mean")] == pytest.approx(measured.dose.dmean_gy)
     # A symmetric sphere in a linear ramp: mean dose = dose at the centre, max ≈ centre + radius.
     radius = (3 * 3000 / (4 * np.pi)) ** (1 / 3)
-    assert measured.dose.mean_gy == pytest.approx(60.0, abs=0.2)
+    assert measured.dose.dmean_gy == pytest.approx(60.0, abs=0.2)
     assert values[("Absorbed Dose", "Maximum")] == pytest.approx(60.0 + radius, abs=1.0)
     # The hottest 2 cc of 3 cc reach below the centre plane: D2cc lies between the minimum and the mean.
-    assert measured.dose.min_gy < values[("Dose to the hottest 2 cc", None)] < measured.dose.mean_gy
+    assert measured.dose.dmin_gy < values[("Dose to the hottest 2 cc", None)] < measured.dose.dmean_gy
     assert values[("Volume receiving at least 60 Gy", None)] == pytest.approx(50.0, abs=3.0)
     assert sr.CompletionFlag == "PARTIAL" and sr.VerificationFlag == "UNVERIFIED"
 
