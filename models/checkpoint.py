@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import pickle
-import tempfile
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -29,6 +27,7 @@ import torch
 from models.build import build_model
 from models.config import SAM_MED3D, ModelConfig
 from models.errors import CheckpointError
+from models.files import atomic_write
 from models.modeling.network import Sam3D
 
 FORMAT = "rtinjury.checkpoint"
@@ -69,14 +68,8 @@ def save_checkpoint(model: Sam3D, path: Path, metadata: Mapping[str, Any] | None
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as stream:
+        torch.save(payload, stream)
     return file_sha256(path)
 
 

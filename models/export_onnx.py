@@ -32,6 +32,7 @@ from torch import nn
 from models.build import build_model
 from models.config import ModelConfig
 from models.errors import ExportError
+from models.files import FILE_MODE, write_atomically
 from models.modeling.network import Sam3D
 from models.modeling.prompt_encoder import (
     BOX_MAX_LABEL,
@@ -46,9 +47,6 @@ from models.runtime import DECODER_FILE, ENCODER_FILE, FORMAT_NAME, FORMAT_VERSI
 PARITY_TOLERANCE = 1e-3
 #: Batch of the encoder parity run: 2, so a batch size baked into the graph shows up.
 _PARITY_BATCH = 2
-
-#: mkstemp makes owner-only files; an export is read by the service's other users.
-_FILE_MODE = 0o644
 
 Shape = list[int | str]
 
@@ -190,7 +188,7 @@ def export_onnx(
             manifest_path.unlink(missing_ok=True)
             os.replace(enc_tmp, encoder_path)
             os.replace(dec_tmp, decoder_path)
-            _write_atomic(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+            write_atomically(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
         except OSError as exc:
             raise ExportError(f"cannot write the ONNX export into {out_dir}: {_brief(exc)}") from exc
     return OnnxExport(encoder_path, decoder_path, manifest_path, enc_diff, dec_diff)
@@ -229,7 +227,7 @@ def _temp_files(out_dir: Path, count: int) -> Iterator[list[Path]]:
             fd, name = tempfile.mkstemp(dir=out_dir, prefix=".export-", suffix=".onnx.tmp")
             os.close(fd)
             paths.append(Path(name))
-            os.chmod(name, _FILE_MODE)
+            os.chmod(name, FILE_MODE)
     except OSError as exc:
         _remove(paths)
         raise ExportError(f"cannot write into the ONNX export directory {out_dir}: {_brief(exc)}") from exc
@@ -242,20 +240,6 @@ def _temp_files(out_dir: Path, count: int) -> Iterator[list[Path]]:
 def _remove(paths: Sequence[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), _FILE_MODE)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(name, path)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
 
 
 # -- export --------------------------------------------------------------------------------------

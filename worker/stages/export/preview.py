@@ -34,9 +34,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import SimpleITK as sitk
 
+from models.files import write_atomically
 from models.tasks import TASKS
 from worker.stages.export.algorithm import UNREVIEWED
-from worker.stages.export.report import index_to_physical, lesion_summary, write_atomically
+from worker.stages.export.report import index_to_physical, lesion_summary
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -20,9 +20,7 @@ meaningful precision (0.1 mm³, 0.1 mGy, 1 µm) so the JSON stays readable.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from datetime import date
 from pathlib import Path
@@ -32,6 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from models.files import write_atomically
 from models.tasks import TASKS
 from worker.errors import GeometryError
 from worker.stages.assemble.rules import Task
@@ -46,7 +45,6 @@ SCHEMA_PATH = Path(__file__).resolve().parents[3] / "schemas" / "report.schema.j
 GRID_TOLERANCE = 1e-4
 #: Output names the caller is expected to fill in (others are allowed).
 OUTPUT_NAMES = ("seg", "rtstruct", "sr", "preview")
-FILE_MODE = 0o644
 
 Point = tuple[float, float, float]
 Index = tuple[int, int, int]
@@ -399,22 +397,6 @@ def write_report(report: Report, path: Path) -> Path:
     path = Path(path)
     write_atomically(path, (report.model_dump_json(indent=2) + "\n").encode("utf-8"))
     return path
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder and os.replace; never a half-written file."""
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            # mkstemp makes owner-only files; outputs are read by the service's other users.
-            os.fchmod(stream.fileno(), FILE_MODE)
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
 
 
 def report_json_schema() -> dict[str, Any]:
