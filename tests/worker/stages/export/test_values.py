@@ -18,7 +18,8 @@ def lenient() -> None:
 
 def test_long_values_are_shortened_in_nested_items(lenient: None) -> None:
     inner = Dataset()
-    inner.add_new("ImagePositionPatient", "DS", ["-9.190000000000001", "-29.189999999999998", "12.5"])
+    with pytest.warns(UserWarning, match="exceeds the maximum length of 16"):
+        inner.add_new("ImagePositionPatient", "DS", ["-9.190000000000001", "-29.189999999999998", "12.5"])
     ds = Dataset()
     ds.PerFrameFunctionalGroupsSequence = Sequence([Dataset()])
     ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence = Sequence([inner])
