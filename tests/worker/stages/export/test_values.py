@@ -18,12 +18,12 @@ def lenient() -> None:
 
 def test_long_values_are_shortened_in_nested_items(lenient: None) -> None:
     inner = Dataset()
+    ds = Dataset()
     with pytest.warns(UserWarning, match="exceeds the maximum length of 16"):
         inner.add_new("ImagePositionPatient", "DS", ["-9.190000000000001", "-29.189999999999998", "12.5"])
-    ds = Dataset()
+        ds.add_new("SliceThickness", "DS", "2.0000000000000004")
     ds.PerFrameFunctionalGroupsSequence = Sequence([Dataset()])
     ds.PerFrameFunctionalGroupsSequence[0].PlanePositionSequence = Sequence([inner])
-    ds.add_new("SliceThickness", "DS", "2.0000000000000004")
     ds.add_new("PixelSpacing", "DS", ["0.5", "0.5"])
     assert fit_decimal_strings(ds) == 2
     values = [str(v) for v in inner.ImagePositionPatient] + [str(ds.SliceThickness)]
