@@ -10,7 +10,7 @@ special case.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
@@ -28,6 +28,10 @@ class SourceSeries:
 
     datasets: list[Dataset]
     frames: list[Frame]
+    _by_uid: dict[str, Dataset] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_uid = {str(ds.SOPInstanceUID): ds for ds in self.datasets}
 
     @property
     def first(self) -> Dataset:
@@ -39,10 +43,6 @@ class SourceSeries:
 
     def dataset_of(self, frame: Frame) -> Dataset:
         return self._by_uid[frame.sop_instance_uid]
-
-    @property
-    def _by_uid(self) -> dict[str, Dataset]:
-        return {str(ds.SOPInstanceUID): ds for ds in self.datasets}
 
 
 def source_series(volume: ImageVolume) -> SourceSeries:
