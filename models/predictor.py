@@ -21,7 +21,7 @@ from torch.nn import functional as F
 from models.errors import PromptInputError
 from models.modeling.prompt_encoder import BOX_MAX_LABEL, BOX_MIN_LABEL, PAD_LABEL
 from models.runtime import InferenceBackend
-from models.transforms import Crop, WorkingGrid, plan_crops, zscore_foreground
+from models.transforms import Crop, WorkingGrid, covered_region, foreground_stats, plan_crops
 
 # Logit given to working-grid voxels that no crop covers: certainly background.
 OUTSIDE_LOGIT = -20.0
@@ -111,16 +111,27 @@ class Predictor:
         self._state = None
 
     def set_volume(self, image: sitk.Image, focus: PatientBox | None = None) -> None:
-        """Resample, normalise, place the crops around ``focus`` (default: the volume's centre), embed."""
-        grid = WorkingGrid.covering(image)
-        raw = grid.resample(image)
-        volume, mean, std = zscore_foreground(raw)
-        pad_value = -mean / std  # raw 0 outside the scan, as upstream pads before normalising
+        """Place the crops around ``focus`` (default: the volume's centre), resample and normalise
+        the part of the image they cover, embed each crop.
+
+        The normalisation statistics are those of the series' own voxels (> 0): they do not
+        depend on where the crops fall or on the working grid, and a 512×512×300 CT is not
+        resampled to 30 million 1 mm voxels for one 128³ crop. (A 1 mm resampling of a scan with
+        thick slices gives a std up to ~10 % lower, from interpolated edges; training and
+        inference share this function, so the convention is the same on both sides.)
+        """
+        mean, std = foreground_stats(sitk.GetArrayViewFromImage(image))
+        full = WorkingGrid.covering(image)
         if focus is None:
-            lo = hi = (np.asarray(grid.size) - 1) / 2.0
+            lo = hi = (np.asarray(full.size) - 1) / 2.0
         else:
-            lo, hi = focus.on_grid(grid)
-        crops = plan_crops(lo, hi, self.config.img_size)
+            lo, hi = focus.on_grid(full)
+        planned = plan_crops(lo, hi, self.config.img_size)
+        region_start, region_size = covered_region(planned, full.size)
+        grid = full.sub_grid(region_start, region_size)
+        crops = [crop.shifted([-v for v in region_start]) for crop in planned]
+        volume = ((grid.resample(image) - mean) / std).astype(np.float32)
+        pad_value = -mean / std  # raw 0 outside the scan, as upstream pads before normalising
         start = time.perf_counter()
         embeddings = [self.backend.embed(crop.extract(volume, pad_value)[None, None]) for crop in crops]
         self._state = _Embedded(grid, crops, embeddings, time.perf_counter() - start)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,15 @@ class WorkingGrid:
         origin = tuple(float(v) for v in WORKING_DIRECTION @ lo)
         return cls(
             origin=(origin[0], origin[1], origin[2]), size=(size[0], size[1], size[2]), spacing=spacing
+        )
+
+    def sub_grid(self, start: Sequence[int], size: Sequence[int]) -> WorkingGrid:
+        """The part of this grid from index ``start`` with ``size`` voxels per axis."""
+        origin = self.index_to_patient(np.asarray([start], dtype=np.float64))[0]
+        return WorkingGrid(
+            origin=(float(origin[0]), float(origin[1]), float(origin[2])),
+            size=(int(size[0]), int(size[1]), int(size[2])),
+            spacing=self.spacing,
         )
 
     def reference_image(self) -> sitk.Image:
@@ -94,6 +104,10 @@ class Crop:
     start: tuple[int, int, int]
     size: int
 
+    def shifted(self, offset: Sequence[int]) -> Crop:
+        start = tuple(int(s + o) for s, o in zip(self.start, offset, strict=True))
+        return Crop(start=(start[0], start[1], start[2]), size=self.size)
+
     def grid_to_crop(self, indices: np.ndarray) -> np.ndarray:
         return np.asarray(indices, dtype=np.float64) - np.asarray(self.start)
 
@@ -139,6 +153,16 @@ def plan_crops(lo: np.ndarray, hi: np.ndarray, crop_size: int) -> list[Crop]:
     return [Crop(start=(s0, s1, s2), size=crop_size) for s0, s1, s2 in itertools.product(*starts_per_axis)]
 
 
+def covered_region(crops: Sequence[Crop], grid_size: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Start and size of the part of a grid that the crops cover (only that is resampled)."""
+    starts = np.array([c.start for c in crops])
+    start = np.maximum(starts.min(axis=0), 0)
+    stop = np.minimum(starts.max(axis=0) + crops[0].size, np.asarray(grid_size))
+    if np.any(stop <= start):
+        raise PromptInputError("the box lies outside the image")
+    return [int(v) for v in start], [int(v) for v in stop - start]
+
+
 def _axis_starts(lo: float, hi: float, crop: int) -> list[int]:
     if hi < lo:
         raise PromptInputError("box corners are inverted: the maximum corner lies below the minimum")
@@ -152,14 +176,20 @@ def _axis_starts(lo: float, hi: float, crop: int) -> list[int]:
     return [first + round(span * t / (count - 1)) for t in range(count)]
 
 
-def zscore_foreground(volume: np.ndarray) -> tuple[np.ndarray, float, float]:
-    """SAM-Med3D's ZNormalization: mean and (unbiased) std over voxels > 0, applied everywhere."""
-    foreground = volume[volume > 0]
+def foreground_stats(values: np.ndarray) -> tuple[float, float]:
+    """SAM-Med3D's ZNormalization statistics: mean and (unbiased) std over values > 0."""
+    foreground = values[values > 0]
     if foreground.size < 2:
         raise PromptInputError("the image has no foreground (no voxel above 0) to normalise by")
     mean, std = float(foreground.mean(dtype=np.float64)), float(foreground.std(dtype=np.float64, ddof=1))
     if std == 0.0:
         raise PromptInputError("the image's foreground is constant; it cannot be normalised")
+    return mean, std
+
+
+def zscore_foreground(volume: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """Normalise by :func:`foreground_stats` of the same values, applied everywhere."""
+    mean, std = foreground_stats(volume)
     return ((volume - mean) / std).astype(np.float32), mean, std
 
 

@@ -212,3 +212,35 @@ def test_errors_are_clear(small_backend: TorchBackend) -> None:
     blank = sitk.Image((10, 10, 10), sitk.sitkFloat32)
     with pytest.raises(PromptInputError, match="no foreground"):
         predictor.set_volume(blank)
+
+
+def test_only_the_region_of_the_crops_is_resampled() -> None:
+    """A long scan with a small box: the working grid is one crop, not the whole scan at 1 mm."""
+    size = (60, 60, 400)
+    ramp = np.linspace(10.0, 90.0, size[2], dtype=np.float32)
+    image = sitk.GetImageFromArray(np.broadcast_to(ramp[:, None, None], size[::-1]).copy())
+    image.SetSpacing((1.0, 1.0, 1.0))
+    predictor = Predictor(SphereOracle(get_config("small")))
+    target = np.array(image.TransformIndexToPhysicalPoint((30, 30, 300)))
+    predictor.set_volume(image, focus=PatientBox.from_corners(target - 3, target + 3))
+    state = predictor._require_volume()
+    assert state.grid.size == (60, 60, 128)  # clipped in-plane, one crop along the scan
+    prediction = predictor.predict(clicks=[Click(tuple(target), True)], text_features=_text())
+    voxels = np.argwhere(sitk.GetArrayFromImage(prediction.mask_on(image)) > 0)[:, ::-1]
+    points = np.array([image.TransformIndexToPhysicalPoint([int(x) for x in v]) for v in voxels])
+    assert np.linalg.norm(points.mean(axis=0) - target) < 0.6
+
+
+def test_crops_are_normalised_by_the_series_voxel_statistics(small_backend: TorchBackend) -> None:
+    image = _sphere_image(ORIENTATIONS["oblique"], (0.7, 1.3, 2.5))
+    backend = RecordingBackend(small_backend)
+    predictor = Predictor(backend)
+    predictor.set_volume(image, focus=PatientBox.from_corners(SPHERE_CENTRE_MM - 5, SPHERE_CENTRE_MM + 5))
+    state = predictor._require_volume()
+    values = sitk.GetArrayFromImage(image)
+    foreground = values[values > 0]
+    mean, std = foreground.mean(), foreground.std(ddof=1)
+    expected = (state.crops[0].extract(state.grid.resample(image), 0.0) - mean) / std
+    inside = state.crops[0].extract(np.ones(state.grid.size, np.float32), 0.0) > 0
+    assert np.allclose(backend.volumes[0][0, 0][inside], expected[inside], atol=1e-4)
+    assert np.allclose(backend.volumes[0][0, 0][~inside], -mean / std, atol=1e-5)  # raw 0 beyond the scan

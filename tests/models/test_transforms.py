@@ -9,7 +9,14 @@ import pytest
 import SimpleITK as sitk
 
 from models.errors import PromptInputError
-from models.transforms import Crop, WorkingGrid, plan_crops, to_working_array, zscore_foreground
+from models.transforms import (
+    Crop,
+    WorkingGrid,
+    covered_region,
+    plan_crops,
+    to_working_array,
+    zscore_foreground,
+)
 
 SPHERE_CENTRE_MM = np.array([12.0, -30.0, 45.0])
 
@@ -127,3 +134,19 @@ def test_zscore_over_positive_voxels() -> None:
         zscore_foreground(np.full(10, -5.0, dtype=np.float32))
     with pytest.raises(PromptInputError, match="constant"):
         zscore_foreground(np.full(10, 5.0, dtype=np.float32))
+
+
+def test_sub_grid_keeps_patient_positions() -> None:
+    grid = WorkingGrid(origin=(10.0, -5.0, 3.0), size=(50, 60, 70))
+    sub = grid.sub_grid([7, 11, 13], [20, 20, 20])
+    local = np.array([[0.0, 0.0, 0.0], [3.5, 2.0, 19.0]])
+    assert np.allclose(sub.index_to_patient(local), grid.index_to_patient(local + np.array([7, 11, 13])))
+    assert sub.size == (20, 20, 20)
+
+
+def test_covered_region_is_clipped_to_the_grid() -> None:
+    crops = [Crop(start=(-10, 5, 0), size=8), Crop(start=(-6, 9, 4), size=8)]
+    start, size = covered_region(crops, (30, 14, 30))
+    assert start == [0, 5, 0] and size == [2, 9, 12]
+    with pytest.raises(PromptInputError, match="outside the image"):
+        covered_region([Crop(start=(40, 0, 0), size=8)], (30, 30, 30))
