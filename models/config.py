@@ -102,7 +102,12 @@ SMALL = ModelConfig(
     iou_head_hidden_dim=128,
 )
 
-CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (SAM_MED3D, SAM_MED3D_UPSTREAM, SMALL)}
+# The shipped demo network: ``small`` on 64³ crops with 8³ patches. Same 8³ token grid and cost,
+# but the decoder's mask logits come at 2 mm instead of 4 mm, which is what lesions of 0.4–5 cc
+# (5–10 mm radius) need; boxes larger than 64 mm are tiled by the predictor.
+SMALL_64 = SMALL.with_changes(name="small-64", img_size=64, patch_size=8)
+
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (SAM_MED3D, SAM_MED3D_UPSTREAM, SMALL, SMALL_64)}
 
 
 def get_config(name: str) -> ModelConfig:

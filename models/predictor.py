@@ -132,6 +132,19 @@ class Predictor:
         crops = [crop.shifted([-v for v in region_start]) for crop in planned]
         volume = ((grid.resample(image) - mean) / std).astype(np.float32)
         pad_value = -mean / std  # raw 0 outside the scan, as upstream pads before normalising
+        self._embed(grid, volume, crops, pad_value)
+
+    def set_working_volume(
+        self, grid: WorkingGrid, volume: np.ndarray, focus: PatientBox, pad_value: float
+    ) -> None:
+        """Like :meth:`set_volume` for a block already on the working grid and normalised (the
+        training cache), so validation during training takes the inference path."""
+        lo, hi = focus.on_grid(grid)
+        self._embed(
+            grid, np.asarray(volume, dtype=np.float32), plan_crops(lo, hi, self.config.img_size), pad_value
+        )
+
+    def _embed(self, grid: WorkingGrid, volume: np.ndarray, crops: list[Crop], pad_value: float) -> None:
         start = time.perf_counter()
         embeddings = [self.backend.embed(crop.extract(volume, pad_value)[None, None]) for crop in crops]
         self._state = _Embedded(grid, crops, embeddings, time.perf_counter() - start)

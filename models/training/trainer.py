@@ -1,0 +1,347 @@
+"""The training loop (paper §3.3, §4.1), written to be read top to bottom like nanoGPT's train.py.
+
+One step: a batch of augmented crops → image embeddings → a first decoder pass with the
+variant's prompts (box corners, text features, zero mask prompt) → optionally
+``clicks.iterations`` refinement passes, each adding clicks simulated from the current errors
+and feeding the previous low-resolution logits back as the mask prompt → the loss of every pass,
+averaged → AdamW step. The learning rate drops ×0.1 at the milestones (MultiStepLR).
+
+Everything that decides the result is in :class:`TrainSettings` and goes into the checkpoint
+with the data split, the data hash, the validation metrics and the code version. A run can be
+resumed from its last epoch; seeds make two runs on the same data give the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from models.build import build_model
+from models.checkpoint import load_for_finetuning, save_checkpoint
+from models.config import get_config
+from models.errors import ModelError
+from models.files import write_atomically
+from models.modeling.network import Sam3D
+from models.modeling.prompt_encoder import BOX_MAX_LABEL, BOX_MIN_LABEL, PAD_LABEL
+from models.predictor import PatientBox, Predictor
+from models.runtime import TorchBackend
+from models.training.augment import AugmentationSettings, Augmenter
+from models.training.clicks import ClickSimulation, simulate_clicks
+from models.training.dataset import TrainingCase, collate, make_sample
+from models.training.losses import FocusLossWeights, dice_ce_loss, small_target_focus_loss
+from models.training.variants import FULL_MODEL, Variant, get_variant
+from models.transforms import WorkingGrid
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "train-state.pt"
+LAST_CHECKPOINT = "last.pt"
+FINAL_CHECKPOINT = "model.pt"
+LOG_FILE = "log.jsonl"
+#: Margin (voxels = mm) around r inside which validation predictions are kept, as at inference.
+VALIDATION_GATE_MM = 3
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    config: str = "small-64"
+    variant: str = FULL_MODEL
+    epochs: int = 100
+    batch_size: int = 4
+    #: Crops per epoch; default one per training case.
+    samples_per_epoch: int | None = None
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    #: Epoch fractions at which the learning rate drops ×0.1.
+    milestones: tuple[float, ...] = (0.7, 0.9)
+    seed: int = 0
+    clicks: ClickSimulation = field(default_factory=ClickSimulation)
+    loss: FocusLossWeights = field(default_factory=FocusLossWeights)
+    augmentation: AugmentationSettings | None = field(default_factory=AugmentationSettings)
+    validate_every: int = 5
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TrainingData:
+    """Cases in memory, the text features of their prompts, the split and where they came from."""
+
+    train: list[TrainingCase]
+    validation: list[TrainingCase]
+    text_features: np.ndarray
+    prompts: list[str]
+    data_hash: str
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    weights_sha256: str
+    epochs_run: int
+    history: list[dict[str, Any]]
+    validation: dict[str, float]
+
+
+Progress = Callable[[int, int, float], None]
+
+
+def train(
+    data: TrainingData,
+    settings: TrainSettings,
+    out_dir: Path,
+    *,
+    pretrained: Path | None = None,
+    resume: bool = False,
+    code_version: str = "",
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Train one network on ``data``; checkpoints and a JSON-lines log go to ``out_dir``."""
+    if not data.train:
+        raise ModelError("no training cases")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    seed_everything(settings.seed)
+    variant = get_variant(settings.variant)
+    model = _initial_model(variant, settings, pretrained)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
+    )
+    milestones = sorted({max(1, round(m * settings.epochs)) for m in settings.milestones})
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    rng = np.random.default_rng(settings.seed)
+    first_epoch, history = 0, list[dict[str, Any]]()
+    if resume:
+        first_epoch, history, rng = _resume(out_dir, model, optimizer, scheduler)
+    augment = Augmenter(settings.augmentation) if settings.augmentation else None
+    text = torch.from_numpy(data.text_features.astype(np.float32)) if variant.text else None
+    per_epoch = settings.samples_per_epoch or len(data.train)
+    steps = max(1, math.ceil(per_epoch / settings.batch_size))
+    validation: dict[str, float] = history[-1].get("validation", {}) if history else {}
+    for epoch in range(first_epoch, settings.epochs):
+        model.train()
+        started, losses = time.perf_counter(), []
+        for step in range(steps):
+            cases = [data.train[i] for i in rng.integers(len(data.train), size=settings.batch_size)]
+            batch = collate([make_sample(c, model.config.img_size, rng, augment) for c in cases])
+            loss = training_step(model, batch, text, variant, settings, rng)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses.append(float(loss.detach()))
+            if progress:
+                progress(epoch, step, losses[-1])
+        scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "loss": float(np.mean(losses)),
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        last_epoch = epoch + 1 == settings.epochs
+        if data.validation and ((epoch + 1) % settings.validate_every == 0 or last_epoch):
+            validation = validate(model, data.validation, data.text_features, variant)
+            record["validation"] = validation
+        history.append(record)
+        _append_log(out_dir, record)
+        metadata = _metadata(settings, data, history, validation, code_version, epoch + 1)
+        save_checkpoint(model, out_dir / LAST_CHECKPOINT, metadata)
+        _save_state(out_dir, optimizer, scheduler, epoch + 1, history, rng)
+    metadata = _metadata(settings, data, history, validation, code_version, len(history))
+    sha = save_checkpoint(model, out_dir / FINAL_CHECKPOINT, metadata)
+    return TrainResult(out_dir / FINAL_CHECKPOINT, sha, len(history), history, validation)
+
+
+def training_step(
+    model: Sam3D,
+    batch: dict[str, np.ndarray],
+    text_features: torch.Tensor | None,
+    variant: Variant,
+    settings: TrainSettings,
+    rng: np.random.Generator,
+) -> torch.Tensor:
+    """The loss of one batch: first pass, then the click-refinement passes (averaged)."""
+    image = torch.from_numpy(batch["image"])
+    lesion = torch.from_numpy(batch["lesion"])
+    roi = torch.from_numpy(batch["roi"])
+    size = model.config.img_size
+    low = model.config.low_res_size
+    text = None if text_features is None else text_features[torch.from_numpy(batch["text_index"])]
+    embeddings = model.embed(image)
+    coords, labels = _prompt_points(batch["box"], variant)
+    mask_input = torch.zeros(image.shape[0], 1, low, low, low)
+    generator = torch.Generator().manual_seed(int(rng.integers(2**31 - 1)))
+    passes = 1 + (settings.clicks.iterations if variant.clicks else 0)
+    total = torch.zeros(())
+    low_res, _ = model.decode(embeddings, coords, labels, mask_input, text)
+    logits_full = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
+    for index in range(passes):
+        if index:
+            # Clicks where the last pass was wrong; its logits become the mask prompt.
+            new_coords, new_labels = simulate_clicks(
+                logits_full.detach() > 0, lesion > 0.5, settings.clicks.clicks_per_iteration, generator
+            )
+            coords = torch.cat([new_coords, coords], dim=1)
+            labels = torch.cat([new_labels, labels], dim=1)
+            low_res, _ = model.decode(embeddings, coords, labels, low_res.detach(), text)
+            logits_full = F.interpolate(low_res, size=(size,) * 3, mode="trilinear", align_corners=False)
+        if variant.focus_loss:
+            total = total + small_target_focus_loss(logits_full, lesion, roi, settings.loss)
+        else:
+            total = total + dice_ce_loss(logits_full, lesion)
+    return total / passes
+
+
+def _prompt_points(box: np.ndarray, variant: Variant) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box corners (labels 2, 3) for box variants, else upstream's padding point."""
+    batch = box.shape[0]
+    if variant.box:
+        labels = torch.tensor([[BOX_MIN_LABEL, BOX_MAX_LABEL]] * batch, dtype=torch.long)
+        return torch.from_numpy(box.astype(np.float32)), labels
+    return torch.zeros(batch, 1, 3), torch.full((batch, 1), PAD_LABEL, dtype=torch.long)
+
+
+def validate(
+    model: Sam3D, cases: Sequence[TrainingCase], text_features: np.ndarray, variant: Variant
+) -> dict[str, float]:
+    """Dice on whole validation cases through the predictor (tiles over r's box, no clicks,
+    gated by r), on the 1 mm working grid of the cache."""
+    backend = TorchBackend(model, device="cpu")
+    predictor = Predictor(backend)
+    scores: dict[str, list[float]] = {}
+    try:
+        for case in cases:
+            shape = case.image.shape
+            grid = WorkingGrid(origin=(0.0, 0.0, 0.0), size=(shape[0], shape[1], shape[2]))
+            corners = grid.index_to_patient(np.stack([case.box_lo, case.box_hi]))
+            box = PatientBox.from_corners(corners.min(axis=0), corners.max(axis=0))
+            predictor.set_working_volume(grid, case.image, box, case.pad_value)
+            prediction = predictor.predict(
+                box=box if variant.box else None,
+                text_features=text_features[case.text_index] if variant.text else None,
+            )
+            allowed = _dilate(case.roi > 0, VALIDATION_GATE_MM)
+            predicted = prediction.mask() & allowed
+            truth = case.lesion > 0
+            overlap = 2.0 * float(np.count_nonzero(predicted & truth))
+            dice = overlap / max(float(np.count_nonzero(predicted) + np.count_nonzero(truth)), 1.0)
+            scores.setdefault(case.task, []).append(dice)
+    finally:
+        model.train()
+    result = {f"dice_{task}": float(np.mean(v)) for task, v in sorted(scores.items())}
+    result["dice"] = float(np.mean([d for v in scores.values() for d in v]))
+    return result
+
+
+def _dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
+    from scipy import ndimage
+
+    distance = ndimage.distance_transform_edt(~mask)
+    return np.asarray(distance <= voxels)
+
+
+def _initial_model(variant: Variant, settings: TrainSettings, pretrained: Path | None) -> Sam3D:
+    config = variant.network_config(get_config(settings.config))
+    if pretrained is None:
+        return build_model(config).train()
+    # Pretrained weights: the image encoder stays frozen (paper §3.1), the rest adapts.
+    model = load_for_finetuning(pretrained, config=config).model
+    return model.train()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _metadata(
+    settings: TrainSettings,
+    data: TrainingData,
+    history: list[dict[str, Any]],
+    validation: dict[str, float],
+    code_version: str,
+    epochs_run: int,
+) -> dict[str, Any]:
+    return {
+        "kind": "rtinjury.trained-model",
+        "settings": settings.to_dict(),
+        "variant": settings.variant,
+        "epochs_run": epochs_run,
+        "data": {
+            "hash": data.data_hash,
+            "train": [c.case_id for c in data.train],
+            "validation": [c.case_id for c in data.validation],
+            "tasks": sorted({c.task for c in data.train}),
+        },
+        "prompts": data.prompts,
+        "validation": validation,
+        "final_loss": history[-1]["loss"] if history else None,
+        "code_version": code_version,
+    }
+
+
+def _append_log(out_dir: Path, record: dict[str, Any]) -> None:
+    with (out_dir / LOG_FILE).open("a", encoding="utf-8") as log:
+        log.write(json.dumps(record) + "\n")
+
+
+def _save_state(
+    out_dir: Path,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epochs_done: int,
+    history: list[dict[str, Any]],
+    rng: np.random.Generator,
+) -> None:
+    state = {
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "epochs_done": epochs_done,
+        "history": history,
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+    }
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomically(out_dir / STATE_FILE, buffer.getvalue())
+
+
+def _resume(
+    out_dir: Path,
+    model: Sam3D,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> tuple[int, list[dict[str, Any]], np.random.Generator]:
+    from models.checkpoint import load_checkpoint
+
+    state_path, last = out_dir / STATE_FILE, out_dir / LAST_CHECKPOINT
+    if not (state_path.is_file() and last.is_file()):
+        raise ModelError(f"{out_dir}: nothing to resume ({STATE_FILE} and {LAST_CHECKPOINT} are needed)")
+    model.load_state_dict(load_checkpoint(last).model.state_dict())
+    # Our own file, written by _save_state: optimizer tensors, plain numbers and lists.
+    state = torch.load(state_path, map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    rng = np.random.default_rng()
+    rng.bit_generator.state = state["numpy_rng"]
+    return int(state["epochs_done"]), list(state["history"]), rng
