@@ -57,13 +57,22 @@ class LoadedCheckpoint:
         return f"{self.config.name}@{self.weights_sha256[:12]}"
 
 
-def save_checkpoint(model: Sam3D, path: Path, metadata: Mapping[str, Any] | None = None) -> str:
-    """Write a self-describing checkpoint atomically; returns the file's SHA-256."""
+def save_checkpoint(
+    model: Sam3D, path: Path, metadata: Mapping[str, Any] | None = None, *, half: bool = False
+) -> str:
+    """Write a self-describing checkpoint atomically; returns the file's SHA-256.
+
+    ``half`` stores floating-point tensors as float16 (half the file, for shipping); loading
+    copies them into the float32 network.
+    """
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if half:
+        state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "config": model.config.to_dict(),
-        "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model_state_dict": state,
         "metadata": dict(metadata or {}),
     }
     path = Path(path)
@@ -71,6 +80,16 @@ def save_checkpoint(model: Sam3D, path: Path, metadata: Mapping[str, Any] | None
     with atomic_write(path) as stream:
         torch.save(payload, stream)
     return file_sha256(path)
+
+
+def round_to_half(model: Sam3D) -> Sam3D:
+    """Round every floating-point parameter and buffer to the nearest float16 value (kept in
+    float32), so a half-precision copy of the weights is exact (shipping, see export_onnx)."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    return model
 
 
 def load_checkpoint(

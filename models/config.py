@@ -5,7 +5,8 @@ the paper's two added prompt branches: box corners (``point_embeddings.2/.3``, a
 box variant lays them out) and the text adaptation layer. ``sam-med3d-upstream`` is the same
 network without the added branches: its state dict is exactly the official checkpoint's 324
 keys. ``small`` keeps the geometry (128³ input, 16³ patches, 8³ tokens) with a narrower, shallower
-network that runs on a CPU-only site and fits the shipped demo weights.
+network that runs on a CPU-only site; ``small-64`` (the shipped demo network) is ``small`` on 64³
+crops with 8³ patches; ``tiny`` exists for tests and CI smoke runs.
 """
 
 from __future__ import annotations
@@ -107,7 +108,23 @@ SMALL = ModelConfig(
 # (5–10 mm radius) need; boxes larger than 64 mm are tiled by the predictor.
 SMALL_64 = SMALL.with_changes(name="small-64", img_size=64, patch_size=8)
 
-CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (SAM_MED3D, SAM_MED3D_UPSTREAM, SMALL, SMALL_64)}
+# For tests and CI smoke runs only: the same code paths at a size that trains a step in ~0.1 s.
+TINY = ModelConfig(
+    name="tiny",
+    img_size=32,
+    patch_size=4,
+    encoder_embed_dim=48,
+    encoder_depth=2,
+    encoder_num_heads=4,
+    encoder_global_attn_indexes=(1,),
+    prompt_embed_dim=48,
+    mask_in_chans=8,
+    decoder_num_heads=4,
+    decoder_mlp_dim=96,
+    iou_head_hidden_dim=32,
+)
+
+CONFIGS: dict[str, ModelConfig] = {c.name: c for c in (SAM_MED3D, SAM_MED3D_UPSTREAM, SMALL, SMALL_64, TINY)}
 
 
 def get_config(name: str) -> ModelConfig:

@@ -154,12 +154,18 @@ def export_onnx(
     opset: int = 17,
     check: bool = True,
     weights_sha256: str | None = None,
+    half_weights: bool = False,
 ) -> OnnxExport:
     """Write ``encoder.onnx``, ``decoder.onnx`` and ``manifest.json`` into ``out_dir``.
 
     With ``check`` both graphs run in onnxruntime (CPU) on fixed random inputs and must match
     PyTorch eager within :data:`PARITY_TOLERANCE`, else :class:`ExportError`. The model is put
     in eval mode; a model on a GPU is exported from a CPU copy.
+
+    ``half_weights`` stores the large weight tensors as float16, each behind a Cast to float32
+    (ONNX Runtime folds the Casts when it loads the graph, so it still computes in float32):
+    half the file size, for shipping. Exact only for weights already representable in float16
+    (see :func:`models.checkpoint.round_to_half`); otherwise the parity check measures the loss.
     """
     out_dir = Path(out_dir)
     config: ModelConfig = model.config
@@ -168,17 +174,22 @@ def export_onnx(
     _make_dir(out_dir)
     with _temp_files(out_dir, 2) as (enc_tmp, dec_tmp):
         enc_inputs = _encoder_example(config, np.random.default_rng(0))
-        enc_sha = _export_graph(_EncoderGraph(model), enc_inputs, enc_tmp, enc_spec, opset, "encoder")
+        enc_sha = _export_graph(
+            _EncoderGraph(model), enc_inputs, enc_tmp, enc_spec, opset, "encoder", half_weights
+        )
         enc_expected = _eager(_EncoderGraph(model), enc_inputs)
         # A real embedding (not noise) feeds the decoder, so its parity runs see realistic values.
         dec_cases = _decoder_cases(model, enc_expected[0][:1], np.random.default_rng(1))
-        dec_sha = _export_graph(_DecoderGraph(model), dec_cases[0][1], dec_tmp, dec_spec, opset, "decoder")
+        dec_sha = _export_graph(
+            _DecoderGraph(model), dec_cases[0][1], dec_tmp, dec_spec, opset, "decoder", half_weights
+        )
         enc_diff = dec_diff = None
         if check:
             enc_diff = _check_parity("encoder", enc_tmp, [("batch of 2", enc_inputs, enc_expected)])
             dec_cases_expected = [(n, x, _eager(_DecoderGraph(model), x)) for n, x in dec_cases]
             dec_diff = _check_parity("decoder", dec_tmp, dec_cases_expected)
         manifest = _manifest(config, opset, enc_spec, dec_spec, enc_sha, dec_sha, weights_sha256)
+        manifest["stored_weights"] = "float16" if half_weights else "float32"
         manifest["parity"] = _parity_record(enc_diff, dec_diff)
         encoder_path, decoder_path = out_dir / ENCODER_FILE, out_dir / DECODER_FILE
         manifest_path = out_dir / MANIFEST_FILE
@@ -245,6 +256,10 @@ def _remove(paths: Sequence[Path]) -> None:
 # -- export --------------------------------------------------------------------------------------
 
 
+#: Smaller tensors (biases, norms) stay float32: they cost little and keep full precision.
+_HALF_MIN_ELEMENTS = 1024
+
+
 def _export_graph(
     module: nn.Module,
     inputs: Mapping[str, np.ndarray],
@@ -252,6 +267,7 @@ def _export_graph(
     spec: _GraphSpec,
     opset: int,
     graph: str,
+    half_weights: bool = False,
 ) -> str:
     """Trace ``module`` into ``path``, stamp the declared I/O shapes, check it; returns its sha256."""
     args = tuple(torch.from_numpy(inputs[name]) for name in spec.input_names)
@@ -270,6 +286,8 @@ def _export_graph(
             )
         proto = onnx.load(str(path))
         _stamp_shapes(proto, spec)
+        if half_weights:
+            _store_weights_as_half(proto)
         # full_check runs strict shape inference, so the stamped shapes must agree with the graph.
         onnx.checker.check_model(proto, full_check=True)
         data = proto.SerializeToString()
@@ -319,6 +337,27 @@ def _stamp_shapes(proto: onnx.ModelProto, spec: _GraphSpec) -> None:
                 dim.dim_param = size
             else:
                 dim.dim_value = size
+
+
+def _store_weights_as_half(proto: onnx.ModelProto) -> None:
+    """Replace each large float32 initializer by a float16 one and a Cast back to float32."""
+    from onnx import helper, numpy_helper
+
+    graph = proto.graph
+    casts = []
+    for index, initializer in enumerate(list(graph.initializer)):
+        if initializer.data_type != onnx.TensorProto.FLOAT:
+            continue
+        values = numpy_helper.to_array(initializer)
+        if values.size < _HALF_MIN_ELEMENTS:
+            continue
+        half_name = f"{initializer.name}__float16"
+        graph.initializer[index].CopyFrom(numpy_helper.from_array(values.astype(np.float16), half_name))
+        casts.append(helper.make_node("Cast", [half_name], [initializer.name], to=onnx.TensorProto.FLOAT))
+    # The Casts must come before every node that reads the weights: prepend them.
+    nodes = list(graph.node)
+    del graph.node[:]
+    graph.node.extend([*casts, *nodes])
 
 
 # -- parity --------------------------------------------------------------------------------------

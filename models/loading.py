@@ -7,13 +7,13 @@ downloaded). The result carries the model id and weights hash that reports recor
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from models.config import ModelConfig
 from models.errors import CheckpointError
-from models.runtime import InferenceBackend
+from models.predictor import Predictor, SegmentingPredictor
 
 #: The shipped demo network (trained on synthetic patients; see its model card).
 DEMO_DIR = Path(__file__).resolve().parent / "weights"
@@ -23,12 +23,17 @@ DEMO_ONNX_DIR = DEMO_DIR / "demo-small-64-onnx"
 
 @dataclass
 class LoadedModel:
-    backend: InferenceBackend
-    config: ModelConfig
+    """A network ready for inference; ``predictor()`` gives a fresh predictor over it."""
+
+    make_predictor: Callable[[], SegmentingPredictor]
+    config: Any
     model_id: str
     weights_sha256: str
     source: Path
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    def predictor(self) -> SegmentingPredictor:
+        return self.make_predictor()
 
 
 def open_model(
@@ -62,7 +67,14 @@ def open_model(
         manifest = read_manifest(source)
         backend = open_backend("onnxruntime", source, device=device, threads=threads)
         sha = str(manifest.get("weights_sha256") or "")
-        return LoadedModel(backend, backend.config, _model_id(backend.config, sha), sha, source, manifest)
+        return LoadedModel(
+            lambda: Predictor(backend),
+            backend.config,
+            _model_id(backend.config.name, sha),
+            sha,
+            source,
+            manifest,
+        )
     if not source.is_file():
         raise CheckpointError(f"{source}: no such model file or export folder")
     if runtime == "onnxruntime":
@@ -70,13 +82,29 @@ def open_model(
             f"{source} is a checkpoint; export it with rtinjury export-onnx to run it in ONNX Runtime"
         )
     from models.checkpoint import load_checkpoint
+    from models.training.baselines import DensePredictor, is_baseline_file, load_baseline
 
+    if is_baseline_file(source):
+        baseline = load_baseline(source)
+        return LoadedModel(
+            lambda: DensePredictor(baseline.model, baseline.config, device=device or "cpu", threads=threads),
+            baseline.config,
+            baseline.model_id,
+            baseline.weights_sha256,
+            source,
+            baseline.metadata,
+        )
     loaded = load_checkpoint(source, trust_pickle=trust_pickle)
-    backend = open_backend("torch", loaded.model, device=device, threads=threads)
+    model_backend = open_backend("torch", loaded.model, device=device, threads=threads)
     return LoadedModel(
-        backend, loaded.config, loaded.model_id, loaded.weights_sha256, source, loaded.metadata
+        lambda: Predictor(model_backend),
+        loaded.config,
+        loaded.model_id,
+        loaded.weights_sha256,
+        source,
+        loaded.metadata,
     )
 
 
-def _model_id(config: ModelConfig, sha: str) -> str:
-    return f"{config.name}@{sha[:12]}" if sha else config.name
+def _model_id(name: str, sha: str) -> str:
+    return f"{name}@{sha[:12]}" if sha else name

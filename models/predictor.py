@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import SimpleITK as sitk
@@ -85,12 +86,70 @@ class Prediction:
         return sitk.Cast(logits > 0.0, sitk.sitkUInt8)
 
 
+class SegmentingPredictor(Protocol):
+    """What the infer stage and validation need of a predictor: ours or a plain baseline's.
+
+    ``config`` tells which prompts the network takes (``box_prompt``, ``text_dim``) and its crop
+    side (``img_size``).
+    """
+
+    config: Any
+
+    def set_volume(self, image: sitk.Image, focus: PatientBox | None = None) -> None: ...
+
+    def set_working_volume(
+        self, grid: WorkingGrid, volume: np.ndarray, focus: PatientBox, pad_value: float
+    ) -> None: ...
+
+    def predict(
+        self,
+        *,
+        box: PatientBox | None = None,
+        clicks: Sequence[Click] = (),
+        text_features: np.ndarray | None = None,
+        previous: Prediction | None = None,
+    ) -> Prediction: ...
+
+
 @dataclass
 class _Embedded:
     grid: WorkingGrid
     crops: list[Crop]
     embeddings: list[np.ndarray]
     encode_seconds: float
+
+
+def working_crops(
+    image: sitk.Image, focus: PatientBox | None, crop_size: int
+) -> tuple[WorkingGrid, np.ndarray, list[Crop], float]:
+    """The working grid, normalised volume, crops and pad value that ``Predictor.set_volume`` uses.
+
+    Shared by :class:`Predictor` and the plain baselines' predictor, so that every network
+    sees exactly the same voxels.
+
+    Returns
+    -------
+    grid
+        The part of the 1 mm working grid the crops cover.
+    volume
+        The image on ``grid``, z-scored by the series' own foreground statistics.
+    crops
+        Crop positions on ``grid`` (they may reach beyond it).
+    pad_value
+        The normalised value of raw 0, for crop voxels outside ``grid``.
+    """
+    mean, std = foreground_stats(sitk.GetArrayViewFromImage(image))
+    full = WorkingGrid.covering(image)
+    if focus is None:
+        lo = hi = (np.asarray(full.size) - 1) / 2.0
+    else:
+        lo, hi = focus.on_grid(full)
+    planned = plan_crops(lo, hi, crop_size)
+    region_start, region_size = covered_region(planned, full.size)
+    grid = full.sub_grid(region_start, region_size)
+    crops = [crop.shifted([-v for v in region_start]) for crop in planned]
+    volume = ((grid.resample(image) - mean) / std).astype(np.float32)
+    return grid, volume, crops, -mean / std
 
 
 class Predictor:
@@ -120,19 +179,7 @@ class Predictor:
         thick slices gives a std up to ~10 % lower, from interpolated edges; training and
         inference share this function, so the convention is the same on both sides.)
         """
-        mean, std = foreground_stats(sitk.GetArrayViewFromImage(image))
-        full = WorkingGrid.covering(image)
-        if focus is None:
-            lo = hi = (np.asarray(full.size) - 1) / 2.0
-        else:
-            lo, hi = focus.on_grid(full)
-        planned = plan_crops(lo, hi, self.config.img_size)
-        region_start, region_size = covered_region(planned, full.size)
-        grid = full.sub_grid(region_start, region_size)
-        crops = [crop.shifted([-v for v in region_start]) for crop in planned]
-        volume = ((grid.resample(image) - mean) / std).astype(np.float32)
-        pad_value = -mean / std  # raw 0 outside the scan, as upstream pads before normalising
-        self._embed(grid, volume, crops, pad_value)
+        self._embed(*working_crops(image, focus, self.config.img_size))
 
     def set_working_volume(
         self, grid: WorkingGrid, volume: np.ndarray, focus: PatientBox, pad_value: float

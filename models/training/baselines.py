@@ -41,8 +41,8 @@ from torch import nn
 from models.checkpoint import file_sha256
 from models.errors import CheckpointError, ModelError, PromptInputError
 from models.files import atomic_write
-from models.predictor import OUTSIDE_LOGIT, Click, PatientBox, Prediction
-from models.transforms import Crop, WorkingGrid, covered_region, foreground_stats, plan_crops
+from models.predictor import OUTSIDE_LOGIT, Click, PatientBox, Prediction, working_crops
+from models.transforms import Crop, WorkingGrid, plan_crops
 
 BASELINE_ARCHS: tuple[str, ...] = ("vnet", "segresnet", "dynunet", "unetr", "swinunetr")
 BASELINE_WIDTHS: tuple[str, ...] = ("paper", "tiny")
@@ -475,40 +475,6 @@ class DensePredictor:
             self.model.train(was_training)
             if self.threads:
                 torch.set_num_threads(previous_threads)
-
-
-def working_crops(
-    image: sitk.Image, focus: PatientBox | None, crop_size: int
-) -> tuple[WorkingGrid, np.ndarray, list[Crop], float]:
-    """The working grid, normalised volume, crops and pad value that ``Predictor.set_volume`` uses.
-
-    ``Predictor.set_volume`` composes these steps inline; they are composed here in the same order
-    from the same shared functions so that a baseline sees exactly our network's voxels (the
-    tests compare both predictors crop by crop).
-
-    Returns
-    -------
-    grid
-        The part of the 1 mm working grid the crops cover.
-    volume
-        The image on ``grid``, z-scored by the series' own foreground statistics.
-    crops
-        Crop positions on ``grid`` (they may reach beyond it).
-    pad_value
-        The normalised value of raw 0, for crop voxels outside ``grid``.
-    """
-    mean, std = foreground_stats(sitk.GetArrayViewFromImage(image))
-    full = WorkingGrid.covering(image)
-    if focus is None:
-        lo = hi = (np.asarray(full.size) - 1) / 2.0
-    else:
-        lo, hi = focus.on_grid(full)
-    planned = plan_crops(lo, hi, crop_size)
-    region_start, region_size = covered_region(planned, full.size)
-    grid = full.sub_grid(region_start, region_size)
-    crops = [crop.shifted([-v for v in region_start]) for crop in planned]
-    volume = ((grid.resample(image) - mean) / std).astype(np.float32)
-    return grid, volume, crops, -mean / std
 
 
 def _ignored_prompt_notes(

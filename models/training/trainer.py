@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from models.build import build_model
@@ -34,7 +35,7 @@ from models.errors import ModelError
 from models.files import write_atomically
 from models.modeling.network import Sam3D
 from models.modeling.prompt_encoder import BOX_MAX_LABEL, BOX_MIN_LABEL, PAD_LABEL
-from models.predictor import PatientBox, Predictor
+from models.predictor import PatientBox, Predictor, SegmentingPredictor
 from models.runtime import TorchBackend
 from models.training.augment import AugmentationSettings, Augmenter
 from models.training.clicks import ClickSimulation, simulate_clicks
@@ -57,6 +58,10 @@ VALIDATION_GATE_MM = 3
 class TrainSettings:
     config: str = "small-64"
     variant: str = FULL_MODEL
+    #: "sam" (our network) or one of the paper's MONAI baselines (models.training.baselines).
+    arch: str = "sam"
+    #: Baselines only: "paper" widths or "tiny" (tests, CI).
+    baseline_width: str = "paper"
     epochs: int = 100
     batch_size: int = 4
     #: Crops per epoch; default one per training case.
@@ -119,6 +124,7 @@ def train(
     seed_everything(settings.seed)
     variant = get_variant(settings.variant)
     model = _initial_model(variant, settings, pretrained)
+    crop = get_config(settings.config).img_size
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
         params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
@@ -139,8 +145,11 @@ def train(
         started, losses = time.perf_counter(), []
         for step in range(steps):
             cases = [data.train[i] for i in rng.integers(len(data.train), size=settings.batch_size)]
-            batch = collate([make_sample(c, model.config.img_size, rng, augment) for c in cases])
-            loss = training_step(model, batch, text, variant, settings, rng)
+            batch = collate([make_sample(c, crop, rng, augment) for c in cases])
+            if isinstance(model, Sam3D):
+                loss = training_step(model, batch, text, variant, settings, rng)
+            else:
+                loss = baseline_step(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -161,10 +170,10 @@ def train(
         history.append(record)
         _append_log(out_dir, record)
         metadata = _metadata(settings, data, history, validation, code_version, epoch + 1)
-        save_checkpoint(model, out_dir / LAST_CHECKPOINT, metadata)
+        _save_model(model, settings, out_dir / LAST_CHECKPOINT, metadata)
         _save_state(out_dir, optimizer, scheduler, epoch + 1, history, rng)
     metadata = _metadata(settings, data, history, validation, code_version, len(history))
-    sha = save_checkpoint(model, out_dir / FINAL_CHECKPOINT, metadata)
+    sha = _save_model(model, settings, out_dir / FINAL_CHECKPOINT, metadata)
     return TrainResult(out_dir / FINAL_CHECKPOINT, sha, len(history), history, validation)
 
 
@@ -208,6 +217,12 @@ def training_step(
     return total / passes
 
 
+def baseline_step(model: nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:
+    """A plain segmentation network: logits of the whole crop, Dice + CE (as the paper trains them)."""
+    logits = model(torch.from_numpy(batch["image"]))
+    return dice_ce_loss(logits, torch.from_numpy(batch["lesion"]))
+
+
 def _prompt_points(box: np.ndarray, variant: Variant) -> tuple[torch.Tensor, torch.Tensor]:
     """Box corners (labels 2, 3) for box variants, else upstream's padding point."""
     batch = box.shape[0]
@@ -218,12 +233,11 @@ def _prompt_points(box: np.ndarray, variant: Variant) -> tuple[torch.Tensor, tor
 
 
 def validate(
-    model: Sam3D, cases: Sequence[TrainingCase], text_features: np.ndarray, variant: Variant
+    model: nn.Module, cases: Sequence[TrainingCase], text_features: np.ndarray, variant: Variant
 ) -> dict[str, float]:
     """Dice on whole validation cases through the predictor (tiles over r's box, no clicks,
     gated by r), on the 1 mm working grid of the cache."""
-    backend = TorchBackend(model, device="cpu")
-    predictor = Predictor(backend)
+    predictor = _predictor(model)
     scores: dict[str, list[float]] = {}
     try:
         for case in cases:
@@ -233,8 +247,8 @@ def validate(
             box = PatientBox.from_corners(corners.min(axis=0), corners.max(axis=0))
             predictor.set_working_volume(grid, case.image, box, case.pad_value)
             prediction = predictor.predict(
-                box=box if variant.box else None,
-                text_features=text_features[case.text_index] if variant.text else None,
+                box=box if predictor.config.box_prompt else None,
+                text_features=text_features[case.text_index] if predictor.config.text_dim else None,
             )
             allowed = _dilate(case.roi > 0, VALIDATION_GATE_MM)
             predicted = prediction.mask() & allowed
@@ -249,6 +263,14 @@ def validate(
     return result
 
 
+def _predictor(model: nn.Module) -> SegmentingPredictor:
+    if isinstance(model, Sam3D):
+        return Predictor(TorchBackend(model, device="cpu"))
+    from models.training.baselines import DenseConfig, DensePredictor
+
+    return DensePredictor(model, DenseConfig(name="baseline", img_size=_baseline_crop(model)))
+
+
 def _dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
     from scipy import ndimage
 
@@ -256,13 +278,34 @@ def _dilate(mask: np.ndarray, voxels: int) -> np.ndarray:
     return np.asarray(distance <= voxels)
 
 
-def _initial_model(variant: Variant, settings: TrainSettings, pretrained: Path | None) -> Sam3D:
+def _initial_model(variant: Variant, settings: TrainSettings, pretrained: Path | None) -> nn.Module:
+    if settings.arch != "sam":
+        from models.training.baselines import build_baseline
+
+        if pretrained is not None:
+            raise ModelError("pretrained weights are for the SAM network; baselines train from scratch")
+        size = get_config(settings.config).img_size
+        model = build_baseline(settings.arch, size, width=settings.baseline_width)
+        model.crop_size = size  # type: ignore[assignment]  # remembered for validation and saving
+        return model.train()
     config = variant.network_config(get_config(settings.config))
     if pretrained is None:
         return build_model(config).train()
     # Pretrained weights: the image encoder stays frozen (paper §3.1), the rest adapts.
     model = load_for_finetuning(pretrained, config=config).model
     return model.train()
+
+
+def _baseline_crop(model: nn.Module) -> int:
+    return int(model.crop_size)  # type: ignore[arg-type]
+
+
+def _save_model(model: nn.Module, settings: TrainSettings, path: Path, metadata: dict[str, Any]) -> str:
+    if isinstance(model, Sam3D):
+        return save_checkpoint(model, path, metadata)
+    from models.training.baselines import save_baseline
+
+    return save_baseline(model, settings.arch, _baseline_crop(model), settings.baseline_width, path, metadata)
 
 
 def seed_everything(seed: int) -> None:
@@ -327,7 +370,7 @@ def _save_state(
 
 def _resume(
     out_dir: Path,
-    model: Sam3D,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
 ) -> tuple[int, list[dict[str, Any]], np.random.Generator]:
@@ -336,7 +379,12 @@ def _resume(
     state_path, last = out_dir / STATE_FILE, out_dir / LAST_CHECKPOINT
     if not (state_path.is_file() and last.is_file()):
         raise ModelError(f"{out_dir}: nothing to resume ({STATE_FILE} and {LAST_CHECKPOINT} are needed)")
-    model.load_state_dict(load_checkpoint(last).model.state_dict())
+    if isinstance(model, Sam3D):
+        model.load_state_dict(load_checkpoint(last).model.state_dict())
+    else:
+        from models.training.baselines import load_baseline
+
+        model.load_state_dict(load_baseline(last).model.state_dict())
     # Our own file, written by _save_state: optimizer tensors, plain numbers and lists.
     state = torch.load(state_path, map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])

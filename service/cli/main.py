@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from models.errors import ModelError
-from service.cli import export_onnx_cmd, inspect_cmd, register_cmd, synth_cmd, train_cmd
+from service.cli import evaluate_cmd, export_onnx_cmd, inspect_cmd, register_cmd, synth_cmd, train_cmd
 from worker.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_cmd.register(commands)
     export_onnx_cmd.register(commands)
     train_cmd.register(commands)
+    evaluate_cmd.register(commands)
     return parser
 
 

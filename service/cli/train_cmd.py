@@ -32,6 +32,12 @@ def register(commands: Any) -> None:
         default="base-t-b-c-l",
         help="ablation variant: base, base-t, base-t-b, base-t-b-c, base-t-b-c-l (full model, default)",
     )
+    parser.add_argument(
+        "--arch",
+        default="sam",
+        help="sam (default) or a MONAI baseline: vnet, segresnet, dynunet, unetr, swinunetr",
+    )
+    parser.add_argument("--baseline-width", default="paper", help="baselines: paper (default) or tiny")
     parser.add_argument("--epochs", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument(
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     settings = TrainSettings(
         config=args.config,
         variant=args.variant,
+        arch=args.arch,
+        baseline_width=args.baseline_width,
         epochs=args.epochs,
         batch_size=args.batch_size,
         samples_per_epoch=args.samples_per_epoch,
@@ -82,8 +90,9 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads,
         augmentation=None if args.no_augment else TrainSettings().augmentation,
     )
+    what = settings.variant if settings.arch == "sam" else settings.arch
     say(
-        f"training {settings.variant} ({settings.config}) on {len(data.train)} case(s), "
+        f"training {what} ({settings.config}) on {len(data.train)} case(s), "
         f"validating on {len(data.validation)}"
     )
     bar = tqdm(total=None, unit="step", disable=args.json, dynamic_ncols=True)

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from models.predictor import Click, PatientBox, Prediction, Predictor
+from models.predictor import Click, PatientBox, Prediction, SegmentingPredictor
 from worker.stages.prompts import HighDoseRegion
 
 DEFAULT_GATE_MARGIN_MM = 3.0
@@ -41,7 +41,7 @@ class InferenceResult:
 
 
 def infer_lesion(
-    predictor: Predictor,
+    predictor: SegmentingPredictor,
     image: sitk.Image,
     region: HighDoseRegion,
     text_features: np.ndarray | None,

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 
 from models.loading import LoadedModel
 from models.metrics import segmentation_metrics
-from models.predictor import Predictor
+from models.predictor import SegmentingPredictor
 from models.prompt_text import text_prompt
 from models.text.protocol import TextEncoder
 from worker.errors import InputError, StageError
@@ -60,7 +60,7 @@ def evaluate_folder(
 ) -> list[dict[str, Any]]:
     """One record per (case, model, τ): the six metrics, volumes and timings, or an error."""
     records: list[dict[str, Any]] = []
-    predictors = [(m.label, Predictor(m.model.backend)) for m in models]
+    predictors = [(m.label, m.model.predictor()) for m in models]
     for folder in patient_folders(data):
         records += _evaluate_patient(folder, predictors, text_encoder, taus, options)
         if progress:
@@ -70,7 +70,7 @@ def evaluate_folder(
 
 def _evaluate_patient(
     folder: Path,
-    predictors: Sequence[tuple[str, Predictor]],
+    predictors: Sequence[tuple[str, SegmentingPredictor]],
     text_encoder: TextEncoder,
     taus: Sequence[float],
     options: InferenceOptions | None,
@@ -124,7 +124,7 @@ def _evaluate_patient(
 def _failed(
     case_id: str,
     task: str,
-    predictors: Sequence[tuple[str, Predictor]],
+    predictors: Sequence[tuple[str, SegmentingPredictor]],
     taus: Sequence[float],
     reason: str,
 ) -> list[dict[str, Any]]:
