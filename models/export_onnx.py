@@ -351,9 +351,10 @@ def _store_weights_as_half(proto: onnx.ModelProto) -> None:
         values = numpy_helper.to_array(initializer)
         if values.size < _HALF_MIN_ELEMENTS:
             continue
-        half_name = f"{initializer.name}__float16"
+        name = initializer.name  # read before CopyFrom overwrites this very message
+        half_name = f"{name}__float16"
         graph.initializer[index].CopyFrom(numpy_helper.from_array(values.astype(np.float16), half_name))
-        casts.append(helper.make_node("Cast", [half_name], [initializer.name], to=onnx.TensorProto.FLOAT))
+        casts.append(helper.make_node("Cast", [half_name], [name], to=onnx.TensorProto.FLOAT))
     # The Casts must come before every node that reads the weights: prepend them.
     nodes = list(graph.node)
     del graph.node[:]

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from service.cli.output import emit_json, say
+from service.cli.output import emit_json, progress_line, say
 
 
 def register(commands: Any) -> None:
@@ -42,6 +42,9 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    def tell(text: str) -> None:
+        progress_line(text, machine=args.json)
+
     from models.errors import ModelError
     from models.loading import open_model
     from models.text.registry import open_text_encoder
@@ -58,14 +61,14 @@ def run(args: argparse.Namespace) -> int:
         for label, s in zip(labels, sources, strict=True)
     ]
     encoder = open_text_encoder(args.text_encoder)
-    say(f"evaluating {', '.join(labels)} on {args.data} (tau {', '.join(f'{t:g}' for t in args.tau)})")
+    tell(f"evaluating {', '.join(labels)} on {args.data} (tau {', '.join(f'{t:g}' for t in args.tau)})")
     records = evaluate_folder(
         args.data,
         models,
         encoder,
         taus=args.tau,
         options=InferenceOptions(gate_margin_mm=args.gate_margin),
-        progress=None if args.json else (lambda name: say(f"  {name} done")),
+        progress=lambda name: tell(f"  {name} done"),
     )
     args.out.mkdir(parents=True, exist_ok=True)
     files = write_evaluation(records, args.out)

@@ -15,3 +15,8 @@ def say(text: str = "") -> None:
 def emit_json(document: Any) -> None:
     """A machine-readable document."""
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False) + "\n")
+
+
+def progress_line(text: str, *, machine: bool) -> None:
+    """A progress line: on stdout for a person, on stderr when stdout carries JSON."""
+    (sys.stderr if machine else sys.stdout).write(text + "\n")

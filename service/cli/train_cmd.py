@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from service.cli.output import emit_json, say
+from service.cli.output import emit_json, progress_line, say
 
 
 def register(commands: Any) -> None:
@@ -61,6 +61,9 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    def tell(text: str) -> None:
+        progress_line(text, machine=args.json)
+
     from tqdm import tqdm
 
     from models.text.registry import open_text_encoder
@@ -70,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     from worker.training.data import training_data
 
     cache_dir = args.cache or args.out.parent / "cache"
-    say(f"preparing training cases from {args.data} (cache {cache_dir})")
+    tell(f"preparing training cases from {args.data} (cache {cache_dir})")
     report = build_cache(args.data, cache_dir, workers=args.workers)
     for name, reason in sorted(report.failures.items()):
-        say(f"  skipped {name}: {reason}")
-    say(f"  {len(report.cases)} case(s), {report.reused} reused from the cache")
+        tell(f"  skipped {name}: {reason}")
+    tell(f"  {len(report.cases)} case(s), {report.reused} reused from the cache")
     encoder = open_text_encoder(args.text_encoder, cache_dir=cache_dir / "text")
     data = training_data(cache_dir, encoder, split_seed=args.seed)
     settings = TrainSettings(
@@ -91,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         augmentation=None if args.no_augment else TrainSettings().augmentation,
     )
     what = settings.variant if settings.arch == "sam" else settings.arch
-    say(
+    tell(
         f"training {what} ({settings.config}) on {len(data.train)} case(s), "
         f"validating on {len(data.validation)}"
     )

@@ -104,6 +104,7 @@ def test_same_seed_same_weights_and_resume_continues_the_same_run(tmp_path: Path
     first = load_checkpoint(straight.checkpoint).model.state_dict()
     second = load_checkpoint(twice.checkpoint).model.state_dict()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
     # Interrupted (Ctrl-C) in the third epoch, then resumed: the same weights as in one go.
     def interrupt_in_third_epoch(epoch: int, step: int, loss: float) -> None:
         if epoch == 2:
