@@ -48,6 +48,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "train-state.pt"
 LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
 FINAL_CHECKPOINT = "model.pt"
 LOG_FILE = "log.jsonl"
 #: Margin (voxels = mm) around r inside which validation predictions are kept, as at inference.
@@ -76,6 +77,10 @@ class TrainSettings:
     loss: FocusLossWeights = field(default_factory=FocusLossWeights)
     augmentation: AugmentationSettings | None = field(default_factory=AugmentationSettings)
     validate_every: int = 5
+    #: Largest gradient norm per step. Training from scratch (no pretrained encoder) at the
+    #: paper's lr diverged without it: one large step saturated the logits and the Dice-type
+    #: loss cannot pull saturated sigmoids back.
+    grad_clip: float | None = 1.0
     threads: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -152,6 +157,8 @@ def train(
                 loss = baseline_step(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if settings.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
             optimizer.step()
             losses.append(float(loss.detach()))
             if progress:
@@ -171,6 +178,9 @@ def train(
         _append_log(out_dir, record)
         metadata = _metadata(settings, data, history, validation, code_version, epoch + 1)
         _save_model(model, settings, out_dir / LAST_CHECKPOINT, metadata)
+        if "validation" in record and record["validation"]["dice"] >= _best_dice(history[:-1]):
+            # Chosen on the validation split (patients of the training data), never the test set.
+            _save_model(model, settings, out_dir / BEST_CHECKPOINT, metadata)
         _save_state(out_dir, optimizer, scheduler, epoch + 1, history, rng)
     metadata = _metadata(settings, data, history, validation, code_version, len(history))
     sha = _save_model(model, settings, out_dir / FINAL_CHECKPOINT, metadata)
@@ -215,6 +225,10 @@ def training_step(
         else:
             total = total + dice_ce_loss(logits_full, lesion)
     return total / passes
+
+
+def _best_dice(history: list[dict[str, Any]]) -> float:
+    return max((r["validation"]["dice"] for r in history if "validation" in r), default=-1.0)
 
 
 def baseline_step(model: nn.Module, batch: dict[str, np.ndarray]) -> torch.Tensor:

@@ -56,3 +56,18 @@ def test_half_weight_onnx_export_is_half_the_size_and_matches_torch(tmp_path: Pa
     # The export runs through the loader like any other model.
     loaded = open_model(tmp_path / "half")
     assert loaded.config.name == "tiny" and loaded.metadata["stored_weights"] == "float16"
+
+
+def test_shipping_writes_one_rounded_network_in_two_formats(tmp_path: Path) -> None:
+    from models.shipping import ship_model
+
+    torch.manual_seed(6)
+    trained = tmp_path / "trained.pt"
+    save_checkpoint(build_model("tiny"), trained, {"variant": "base-t-b-c-l"})
+    shipped = ship_model(trained, tmp_path / "demo.pt", tmp_path / "demo-onnx")
+    checkpoint = load_checkpoint(shipped.checkpoint)
+    assert checkpoint.metadata["variant"] == "base-t-b-c-l"
+    assert checkpoint.metadata["trained_weights_sha256"] == load_checkpoint(trained).weights_sha256
+    assert shipped.onnx.decoder_max_abs_diff is not None and shipped.onnx.decoder_max_abs_diff <= 1e-4
+    exported = open_model(tmp_path / "demo-onnx")
+    assert exported.weights_sha256 == shipped.weights_sha256 == checkpoint.weights_sha256

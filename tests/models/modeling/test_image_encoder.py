@@ -78,4 +78,6 @@ def test_encoder_is_batch_independent() -> None:
     with torch.no_grad():
         batched = model.image_encoder(volumes)
         single = model.image_encoder(volumes[1:])
-    assert (batched[1:] - single).abs().max().item() <= 1e-5
+    # float32 kernels may sum in another order for another batch size (measured up to 1.1e-5 on
+    # outputs of magnitude ~2); leaking one sample into another would show as O(1) differences.
+    assert (batched[1:] - single).abs().max().item() <= 1e-4

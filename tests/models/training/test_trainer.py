@@ -13,6 +13,7 @@ from models.build import build_model
 from models.checkpoint import load_checkpoint
 from models.training.dataset import collate, make_sample
 from models.training.trainer import (
+    BEST_CHECKPOINT,
     FINAL_CHECKPOINT,
     LAST_CHECKPOINT,
     LOG_FILE,
@@ -96,6 +97,9 @@ def test_a_run_writes_a_self_describing_checkpoint_and_a_log(tmp_path: Path) -> 
     assert [r["epoch"] for r in lines] == [1, 2]
     assert 0.0 <= lines[-1]["validation"]["dice"] <= 1.0 and "dice_ce" in lines[-1]["validation"]
     assert meta["validation"] == lines[-1]["validation"]
+    best = load_checkpoint(tmp_path / BEST_CHECKPOINT).metadata["validation"]["dice"]
+    assert best == max(r["validation"]["dice"] for r in lines)
+    assert meta["settings"]["grad_clip"] == 1.0
 
 
 def test_same_seed_same_weights_and_resume_continues_the_same_run(tmp_path: Path) -> None:
