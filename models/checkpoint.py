@@ -75,10 +75,15 @@ def save_checkpoint(
         "model_state_dict": state,
         "metadata": dict(metadata or {}),
     }
+    return write_torch_file(payload, path)
+
+
+def write_torch_file(payload: Mapping[str, Any], path: Path) -> str:
+    """``torch.save`` atomically (folders created); returns the file's SHA-256."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as stream:
-        torch.save(payload, stream)
+        torch.save(dict(payload), stream)
     return file_sha256(path)
 
 

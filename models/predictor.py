@@ -152,6 +152,16 @@ def working_crops(
     return grid, volume, crops, -mean / std
 
 
+def average_tiles(grid: WorkingGrid, crops: Sequence[Crop], crop_logits: Sequence[np.ndarray]) -> np.ndarray:
+    """Crop logits (each size³) averaged on the working grid where tiles overlap;
+    ``OUTSIDE_LOGIT`` where no crop covers."""
+    logits_sum = np.zeros(grid.size, dtype=np.float32)
+    counts = np.zeros(grid.size, dtype=np.float32)
+    for crop, values in zip(crops, crop_logits, strict=True):
+        crop.add_into(logits_sum, values.reshape((crop.size,) * 3), counts)
+    return np.where(counts > 0, logits_sum / np.maximum(counts, 1), OUTSIDE_LOGIT).astype(np.float32)
+
+
 class Predictor:
     def __init__(self, backend: InferenceBackend) -> None:
         self.backend = backend
@@ -208,8 +218,6 @@ class Predictor:
         text = self._text_input(text_features)
         notes: list[str] = []
         size = self.config.low_res_size
-        logits_sum = np.zeros(state.grid.size, dtype=np.float32)
-        counts = np.zeros(state.grid.size, dtype=np.float32)
         low_res: list[np.ndarray] = []
         start = time.perf_counter()
         for i, (crop, embedding) in enumerate(zip(state.crops, state.embeddings, strict=True)):
@@ -217,9 +225,11 @@ class Predictor:
             mask_input = self._mask_input(previous, i, size)
             crop_logits, _ = self.backend.decode(embedding, coords, labels, mask_input, text)
             low_res.append(crop_logits)
-            crop.add_into(logits_sum, _upsample(crop_logits, crop.size), counts)
+        full_size = [
+            _upsample(crop_logits, crop.size) for crop, crop_logits in zip(state.crops, low_res, strict=True)
+        ]
+        logits = average_tiles(state.grid, state.crops, full_size)
         elapsed = time.perf_counter() - start
-        logits = np.where(counts > 0, logits_sum / np.maximum(counts, 1), OUTSIDE_LOGIT).astype(np.float32)
         return Prediction(state.grid, logits, low_res, list(state.crops), sorted(set(notes)), elapsed)
 
     def _require_volume(self) -> _Embedded:

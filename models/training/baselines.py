@@ -38,10 +38,9 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from models.checkpoint import file_sha256
+from models.checkpoint import file_sha256, write_torch_file
 from models.errors import CheckpointError, ModelError, PromptInputError
-from models.files import atomic_write
-from models.predictor import OUTSIDE_LOGIT, Click, PatientBox, Prediction, working_crops
+from models.predictor import Click, PatientBox, Prediction, average_tiles, working_crops
 from models.transforms import Crop, WorkingGrid, plan_crops
 
 BASELINE_ARCHS: tuple[str, ...] = ("vnet", "segresnet", "dynunet", "unetr", "swinunetr")
@@ -256,11 +255,7 @@ def save_baseline(
         "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "metadata": dict(metadata or {}),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path) as stream:
-        torch.save(payload, stream)
-    return file_sha256(path)
+    return write_torch_file(payload, path)
 
 
 @dataclass
@@ -429,11 +424,7 @@ class DensePredictor:
         """The crops' logits averaged on the working grid (``OUTSIDE_LOGIT`` where none covers)."""
         state = self._require_volume()
         start = time.perf_counter()
-        logits_sum = np.zeros(state.grid.size, dtype=np.float32)
-        counts = np.zeros(state.grid.size, dtype=np.float32)
-        for crop, crop_logits in zip(state.crops, state.crop_logits, strict=True):
-            crop.add_into(logits_sum, crop_logits[0, 0], counts)
-        logits = np.where(counts > 0, logits_sum / np.maximum(counts, 1), OUTSIDE_LOGIT).astype(np.float32)
+        logits = average_tiles(state.grid, state.crops, state.crop_logits)
         notes = _ignored_prompt_notes(box, clicks, text_features, previous)
         elapsed = time.perf_counter() - start
         return Prediction(state.grid, logits, list(state.crop_logits), list(state.crops), notes, elapsed)

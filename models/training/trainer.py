@@ -129,40 +129,15 @@ def train(
     seed_everything(settings.seed)
     variant = get_variant(settings.variant)
     model = _initial_model(variant, settings, pretrained)
-    crop = get_config(settings.config).img_size
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
-    )
-    milestones = sorted({max(1, round(m * settings.epochs)) for m in settings.milestones})
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    optimizer, scheduler = _optimizer(model, settings)
     rng = np.random.default_rng(settings.seed)
     first_epoch, history = 0, list[dict[str, Any]]()
     if resume:
         first_epoch, history, rng = _resume(out_dir, model, optimizer, scheduler)
-    augment = Augmenter(settings.augmentation) if settings.augmentation else None
-    text = torch.from_numpy(data.text_features.astype(np.float32)) if variant.text else None
-    per_epoch = settings.samples_per_epoch or len(data.train)
-    steps = max(1, math.ceil(per_epoch / settings.batch_size))
-    validation: dict[str, float] = history[-1].get("validation", {}) if history else {}
+    run = _Run(model, data, settings, variant, optimizer, rng, progress)
     for epoch in range(first_epoch, settings.epochs):
-        model.train()
-        started, losses = time.perf_counter(), []
-        for step in range(steps):
-            cases = [data.train[i] for i in rng.integers(len(data.train), size=settings.batch_size)]
-            batch = collate([make_sample(c, crop, rng, augment) for c in cases])
-            if isinstance(model, Sam3D):
-                loss = training_step(model, batch, text, variant, settings, rng)
-            else:
-                loss = baseline_step(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            if progress:
-                progress(epoch, step, losses[-1])
+        started = time.perf_counter()
+        losses = run.epoch(epoch)
         scheduler.step()
         record: dict[str, Any] = {
             "epoch": epoch + 1,
@@ -172,19 +147,90 @@ def train(
         }
         last_epoch = epoch + 1 == settings.epochs
         if data.validation and ((epoch + 1) % settings.validate_every == 0 or last_epoch):
-            validation = validate(model, data.validation, data.text_features, variant)
-            record["validation"] = validation
+            record["validation"] = validate(model, data.validation, data.text_features, variant)
         history.append(record)
         _append_log(out_dir, record)
-        metadata = _metadata(settings, data, history, validation, code_version, epoch + 1)
-        _save_model(model, settings, out_dir / LAST_CHECKPOINT, metadata)
-        if "validation" in record and record["validation"]["dice"] >= _best_dice(history[:-1]):
-            # Chosen on the validation split (patients of the training data), never the test set.
-            _save_model(model, settings, out_dir / BEST_CHECKPOINT, metadata)
-        _save_state(out_dir, optimizer, scheduler, epoch + 1, history, rng)
-    metadata = _metadata(settings, data, history, validation, code_version, len(history))
+        _save_epoch(model, settings, out_dir, _metadata(settings, data, history, code_version), history)
+        _save_state(out_dir, optimizer, scheduler, epoch + 1, history, run.rng)
+    metadata = _metadata(settings, data, history, code_version)
     sha = _save_model(model, settings, out_dir / FINAL_CHECKPOINT, metadata)
-    return TrainResult(out_dir / FINAL_CHECKPOINT, sha, len(history), history, validation)
+    return TrainResult(out_dir / FINAL_CHECKPOINT, sha, len(history), history, _last_validation(history))
+
+
+class _Run:
+    """One run's moving parts: draws batches, takes steps."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: TrainingData,
+        settings: TrainSettings,
+        variant: Variant,
+        optimizer: torch.optim.Optimizer,
+        rng: np.random.Generator,
+        progress: Progress | None,
+    ) -> None:
+        self.model, self.data, self.settings, self.variant = model, data, settings, variant
+        self.optimizer, self.rng, self.progress = optimizer, rng, progress
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.crop = get_config(settings.config).img_size
+        self.augment = Augmenter(settings.augmentation) if settings.augmentation else None
+        self.text = torch.from_numpy(data.text_features.astype(np.float32)) if variant.text else None
+        per_epoch = settings.samples_per_epoch or len(data.train)
+        self.steps = max(1, math.ceil(per_epoch / settings.batch_size))
+
+    def epoch(self, epoch: int) -> list[float]:
+        self.model.train()
+        losses = []
+        for step in range(self.steps):
+            losses.append(self.step())
+            if self.progress:
+                self.progress(epoch, step, losses[-1])
+        return losses
+
+    def step(self) -> float:
+        settings, train_cases = self.settings, self.data.train
+        cases = [train_cases[i] for i in self.rng.integers(len(train_cases), size=settings.batch_size)]
+        batch = collate([make_sample(c, self.crop, self.rng, self.augment) for c in cases])
+        if isinstance(self.model, Sam3D):
+            loss = training_step(self.model, batch, self.text, self.variant, settings, self.rng)
+        else:
+            loss = baseline_step(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, settings.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach())
+
+
+def _optimizer(
+    model: nn.Module, settings: TrainSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
+    )
+    milestones = sorted({max(1, round(m * settings.epochs)) for m in settings.milestones})
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+
+
+def _save_epoch(
+    model: nn.Module,
+    settings: TrainSettings,
+    out_dir: Path,
+    metadata: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
+    _save_model(model, settings, out_dir / LAST_CHECKPOINT, metadata)
+    record = history[-1]
+    if "validation" in record and record["validation"]["dice"] >= _best_dice(history[:-1]):
+        # Chosen on the validation split (patients of the training data), never the test set.
+        _save_model(model, settings, out_dir / BEST_CHECKPOINT, metadata)
+
+
+def _last_validation(history: list[dict[str, Any]]) -> dict[str, float]:
+    return next((r["validation"] for r in reversed(history) if "validation" in r), {})
 
 
 def training_step(
@@ -329,18 +375,13 @@ def seed_everything(seed: int) -> None:
 
 
 def _metadata(
-    settings: TrainSettings,
-    data: TrainingData,
-    history: list[dict[str, Any]],
-    validation: dict[str, float],
-    code_version: str,
-    epochs_run: int,
+    settings: TrainSettings, data: TrainingData, history: list[dict[str, Any]], code_version: str
 ) -> dict[str, Any]:
     return {
         "kind": "rtinjury.trained-model",
         "settings": settings.to_dict(),
-        "variant": settings.variant,
-        "epochs_run": epochs_run,
+        "variant": settings.variant if settings.arch == "sam" else settings.arch,
+        "epochs_run": len(history),
         "data": {
             "hash": data.data_hash,
             "train": [c.case_id for c in data.train],
@@ -348,7 +389,7 @@ def _metadata(
             "tasks": sorted({c.task for c in data.train}),
         },
         "prompts": data.prompts,
-        "validation": validation,
+        "validation": _last_validation(history),
         "final_loss": history[-1]["loss"] if history else None,
         "code_version": code_version,
     }
