@@ -34,6 +34,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--labels", nargs="*", default=None, help="row labels, one per --weights")
     parser.add_argument("--tau", type=float, nargs="+", default=[0.8], help="high-dose fractions of Dmax")
     parser.add_argument("--gate-margin", type=float, default=3.0, help="mm around r where predictions count")
+    parser.add_argument(
+        "--min-component", type=float, default=0.05, help="drop predicted components below this volume (cc)"
+    )
     parser.add_argument("--out", type=Path, default=Path("evaluation"), help="folder for tables and plots")
     parser.add_argument("--text-encoder", default=None, help="local text model folder (default MiniLM)")
     parser.add_argument("--threads", type=int, default=None, help="inference threads")
@@ -67,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         models,
         encoder,
         taus=args.tau,
-        options=InferenceOptions(gate_margin_mm=args.gate_margin),
+        options=InferenceOptions(gate_margin_mm=args.gate_margin, min_component_cc=args.min_component),
         progress=lambda name: tell(f"  {name} done"),
     )
     args.out.mkdir(parents=True, exist_ok=True)

@@ -21,12 +21,17 @@ from models.predictor import Click, PatientBox, Prediction, SegmentingPredictor
 from worker.stages.prompts import HighDoseRegion
 
 DEFAULT_GATE_MARGIN_MM = 3.0
+#: Specks smaller than this are dropped: 0.05 cc is a sphere of 2.3 mm radius, below what a
+#: reader would report as a lesion and far below the smallest lesion of the training data.
+DEFAULT_MIN_COMPONENT_CC = 0.05
 
 
 @dataclass(frozen=True)
 class InferenceOptions:
     #: How far outside r (mm) a predicted voxel may lie and still be kept.
     gate_margin_mm: float = DEFAULT_GATE_MARGIN_MM
+    #: Connected components (26-neighbourhood) smaller than this are removed; 0 keeps all.
+    min_component_cc: float = DEFAULT_MIN_COMPONENT_CC
 
 
 @dataclass
@@ -64,7 +69,8 @@ def infer_lesion(
     mask = sitk.GetArrayFromImage(prediction.mask_on(image)).astype(bool)
     allowed = gate_region(region.mask, image.GetSpacing(), options.gate_margin_mm)
     gated = int(np.count_nonzero(mask & ~allowed))
-    out = sitk.GetImageFromArray((mask & allowed).astype(np.uint8))
+    kept = drop_small_components(mask & allowed, image.GetSpacing(), options.min_component_cc)
+    out = sitk.GetImageFromArray(kept.astype(np.uint8))
     out.CopyInformation(image)
     return InferenceResult(out, prediction, encode, prediction.decode_seconds, gated)
 
@@ -76,3 +82,15 @@ def gate_region(region: np.ndarray, spacing_xyz: Sequence[float], margin_mm: flo
     # Physical distance to r on an anisotropic grid: the EDT takes the spacing per array axis.
     distance = ndimage.distance_transform_edt(~region.astype(bool), sampling=tuple(reversed(spacing_xyz)))
     return np.asarray(distance <= margin_mm)
+
+
+def drop_small_components(mask: np.ndarray, spacing_xyz: Sequence[float], min_cc: float) -> np.ndarray:
+    """``mask`` without its connected components (26-neighbourhood) smaller than ``min_cc``."""
+    if min_cc <= 0 or not mask.any():
+        return mask
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    voxel_cc = float(np.prod(spacing_xyz)) / 1000.0
+    sizes_cc = np.bincount(labels.ravel(), minlength=count + 1) * voxel_cc
+    keep = sizes_cc >= min_cc
+    keep[0] = False
+    return np.asarray(keep[labels])

@@ -81,3 +81,17 @@ def test_a_network_without_box_and_text_branches_gets_neither() -> None:
     infer_lesion(Predictor(backend), image, high_dose_region(dose, 0.8), np.ones(384, np.float32))
     assert backend.labels and all(labels == [-1] for labels in backend.labels)
     assert not any(backend.text)
+
+
+def test_specks_below_the_minimum_volume_are_dropped_and_lesions_kept() -> None:
+    from worker.stages.infer import drop_small_components
+
+    mask = np.zeros((20, 40, 40), dtype=bool)
+    mask[2:8, 5:15, 5:15] = True  # 6 × 10 × 10 voxels of 2 × 0.5 × 0.5 mm = 0.3 cc
+    mask[15, 30, 30] = True  # one voxel: 0.0005 cc
+    mask[12:14, 30:32, 5:7] = True  # 8 voxels: 0.004 cc
+    spacing = (0.5, 0.5, 2.0)
+    kept = drop_small_components(mask, spacing, 0.05)
+    assert kept.sum() == 600 and kept[2:8, 5:15, 5:15].all()
+    assert np.array_equal(drop_small_components(mask, spacing, 0.0), mask)
+    assert drop_small_components(mask, spacing, 1.0).sum() == 0
