@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -134,6 +135,8 @@ def train(
     first_epoch, history = 0, list[dict[str, Any]]()
     if resume:
         first_epoch, history, rng = _resume(out_dir, model, optimizer, scheduler)
+        # A resumed run may be given more epochs: its milestones follow the new length.
+        scheduler.milestones = Counter(_milestones(settings))
     run = _Run(model, data, settings, variant, optimizer, rng, progress)
     for epoch in range(first_epoch, settings.epochs):
         started = time.perf_counter()
@@ -211,8 +214,13 @@ def _optimizer(
     optimizer = torch.optim.AdamW(
         params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay
     )
-    milestones = sorted({max(1, round(m * settings.epochs)) for m in settings.milestones})
-    return optimizer, torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    return optimizer, torch.optim.lr_scheduler.MultiStepLR(
+        optimizer, milestones=_milestones(settings), gamma=0.1
+    )
+
+
+def _milestones(settings: TrainSettings) -> list[int]:
+    return sorted({max(1, round(m * settings.epochs)) for m in settings.milestones})
 
 
 def _save_epoch(

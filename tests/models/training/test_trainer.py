@@ -131,3 +131,11 @@ def test_milestones_drop_the_learning_rate_tenfold(tmp_path: Path) -> None:
         and rates[1] == pytest.approx(3e-5)
         and rates[3] == pytest.approx(3e-5)
     )
+
+
+def test_a_resumed_run_given_more_epochs_moves_its_milestones(tmp_path: Path) -> None:
+    train(_data(), _settings(epochs=2, milestones=(0.9,), validate_every=10), tmp_path)
+    train(_data(), _settings(epochs=4, milestones=(0.9,), validate_every=10), tmp_path, resume=True)
+    rates = [json.loads(line)["lr"] for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    # Epoch 2 ended the first plan's schedule (×0.1); the longer plan drops again after epoch 4.
+    assert rates == pytest.approx([3e-4, 3e-5, 3e-5, 3e-6])
