@@ -135,8 +135,12 @@ def train(
     first_epoch, history = 0, list[dict[str, Any]]()
     if resume:
         first_epoch, history, rng = _resume(out_dir, model, optimizer, scheduler)
-        # A resumed run may be given more epochs: its milestones follow the new length.
-        scheduler.milestones = Counter(_milestones(settings))
+        # A resumed run may be given another number of epochs: its milestones, and the rate at
+        # the epoch it resumes from, follow the new plan.
+        milestones = _milestones(settings)
+        scheduler.milestones = Counter(milestones)
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * 0.1 ** sum(m <= first_epoch for m in milestones)
     run = _Run(model, data, settings, variant, optimizer, rng, progress)
     for epoch in range(first_epoch, settings.epochs):
         started = time.perf_counter()

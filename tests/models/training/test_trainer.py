@@ -137,5 +137,6 @@ def test_a_resumed_run_given_more_epochs_moves_its_milestones(tmp_path: Path) ->
     train(_data(), _settings(epochs=2, milestones=(0.9,), validate_every=10), tmp_path)
     train(_data(), _settings(epochs=4, milestones=(0.9,), validate_every=10), tmp_path, resume=True)
     rates = [json.loads(line)["lr"] for line in (tmp_path / LOG_FILE).read_text().splitlines()]
-    # Epoch 2 ended the first plan's schedule (×0.1); the longer plan drops again after epoch 4.
-    assert rates == pytest.approx([3e-4, 3e-5, 3e-5, 3e-6])
+    # The first plan dropped the rate after epoch 2 (its end); the longer plan, whose milestone
+    # is epoch 4, runs epochs 3 and 4 at the full rate and drops it after epoch 4.
+    assert rates == pytest.approx([3e-4, 3e-5, 3e-4, 3e-5])
