@@ -140,3 +140,18 @@ def test_a_resumed_run_given_more_epochs_moves_its_milestones(tmp_path: Path) ->
     # The first plan dropped the rate after epoch 2 (its end); the longer plan, whose milestone
     # is epoch 4, runs epochs 3 and 4 at the full rate and drops it after epoch 4.
     assert rates == pytest.approx([3e-4, 3e-5, 3e-4, 3e-5])
+
+
+def test_pretrained_weights_keep_the_image_encoder_frozen(tmp_path: Path) -> None:
+    torch.manual_seed(7)
+    pretrained = tmp_path / "pretrained.pt"
+    from models.checkpoint import save_checkpoint
+
+    save_checkpoint(build_model("tiny"), pretrained)
+    result = train(_data(), _settings(epochs=1, validate_every=10), tmp_path / "run", pretrained=pretrained)
+    before = load_checkpoint(pretrained).model
+    after = load_checkpoint(result.checkpoint).model
+    encoder_before, encoder_after = before.image_encoder.state_dict(), after.image_encoder.state_dict()
+    assert all(torch.equal(encoder_before[k], encoder_after[k]) for k in encoder_before)
+    decoder_before, decoder_after = before.mask_decoder.state_dict(), after.mask_decoder.state_dict()
+    assert any(not torch.equal(decoder_before[k], decoder_after[k]) for k in decoder_before)
