@@ -10,6 +10,7 @@ prediction's low-resolution logits can feed back as the mask prompt, as in train
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -112,10 +113,12 @@ class SegmentingPredictor(Protocol):
 
 
 @dataclass
-class _Embedded:
+class _CropState:
+    """One volume's crops and what the network computed once per crop (embeddings, or logits)."""
+
     grid: WorkingGrid
     crops: list[Crop]
-    embeddings: list[np.ndarray]
+    per_crop: list[np.ndarray]
     encode_seconds: float
 
 
@@ -162,11 +165,17 @@ def average_tiles(grid: WorkingGrid, crops: Sequence[Crop], crop_logits: Sequenc
     return np.where(counts > 0, logits_sum / np.maximum(counts, 1), OUTSIDE_LOGIT).astype(np.float32)
 
 
-class Predictor:
-    def __init__(self, backend: InferenceBackend) -> None:
-        self.backend = backend
-        self.config = backend.config
-        self._state: _Embedded | None = None
+class CropPredictor(ABC):
+    """The volume side both predictors share: crops of the working grid, one network run per crop.
+
+    Subclasses say what a run is (:meth:`_run_crop`) and how ``predict`` turns the per-crop
+    results into a :class:`Prediction`.
+    """
+
+    config: Any
+
+    def __init__(self) -> None:
+        self._state: _CropState | None = None
 
     @property
     def is_volume_set(self) -> bool:
@@ -181,7 +190,7 @@ class Predictor:
 
     def set_volume(self, image: sitk.Image, focus: PatientBox | None = None) -> None:
         """Place the crops around ``focus`` (default: the volume's centre), resample and normalise
-        the part of the image they cover, embed each crop.
+        the part of the image they cover, run the network once per crop.
 
         The normalisation statistics are those of the series' own voxels (> 0): they do not
         depend on where the crops fall or on the working grid, and a 512×512×300 CT is not
@@ -189,7 +198,7 @@ class Predictor:
         thick slices gives a std up to ~10 % lower, from interpolated edges; training and
         inference share this function, so the convention is the same on both sides.)
         """
-        self._embed(*working_crops(image, focus, self.config.img_size))
+        self._run_crops(*working_crops(image, focus, self.config.img_size))
 
     def set_working_volume(
         self, grid: WorkingGrid, volume: np.ndarray, focus: PatientBox, pad_value: float
@@ -197,14 +206,32 @@ class Predictor:
         """Like :meth:`set_volume` for a block already on the working grid and normalised (the
         training cache), so validation during training takes the inference path."""
         lo, hi = focus.on_grid(grid)
-        self._embed(
-            grid, np.asarray(volume, dtype=np.float32), plan_crops(lo, hi, self.config.img_size), pad_value
-        )
+        crops = plan_crops(lo, hi, self.config.img_size)
+        self._run_crops(grid, np.asarray(volume, dtype=np.float32), crops, pad_value)
 
-    def _embed(self, grid: WorkingGrid, volume: np.ndarray, crops: list[Crop], pad_value: float) -> None:
+    def _run_crops(self, grid: WorkingGrid, volume: np.ndarray, crops: list[Crop], pad_value: float) -> None:
         start = time.perf_counter()
-        embeddings = [self.backend.embed(crop.extract(volume, pad_value)[None, None]) for crop in crops]
-        self._state = _Embedded(grid, crops, embeddings, time.perf_counter() - start)
+        per_crop = [self._run_crop(crop.extract(volume, pad_value)) for crop in crops]
+        self._state = _CropState(grid, crops, per_crop, time.perf_counter() - start)
+
+    @abstractmethod
+    def _run_crop(self, crop_volume: np.ndarray) -> np.ndarray:
+        """The network on one normalised (S, S, S) crop."""
+
+    def _require_volume(self) -> _CropState:
+        if self._state is None:
+            raise PromptInputError("no volume set: call set_volume() before predict()")
+        return self._state
+
+
+class Predictor(CropPredictor):
+    def __init__(self, backend: InferenceBackend) -> None:
+        super().__init__()
+        self.backend = backend
+        self.config = backend.config
+
+    def _run_crop(self, crop_volume: np.ndarray) -> np.ndarray:
+        return self.backend.embed(crop_volume[None, None])
 
     def predict(
         self,
@@ -220,7 +247,7 @@ class Predictor:
         size = self.config.low_res_size
         low_res: list[np.ndarray] = []
         start = time.perf_counter()
-        for i, (crop, embedding) in enumerate(zip(state.crops, state.embeddings, strict=True)):
+        for i, (crop, embedding) in enumerate(zip(state.crops, state.per_crop, strict=True)):
             coords, labels = self._crop_prompts(state.grid, crop, box, clicks, notes)
             mask_input = self._mask_input(previous, i, size)
             crop_logits, _ = self.backend.decode(embedding, coords, labels, mask_input, text)
@@ -231,11 +258,6 @@ class Predictor:
         logits = average_tiles(state.grid, state.crops, full_size)
         elapsed = time.perf_counter() - start
         return Prediction(state.grid, logits, low_res, list(state.crops), sorted(set(notes)), elapsed)
-
-    def _require_volume(self) -> _Embedded:
-        if self._state is None:
-            raise PromptInputError("no volume set: call set_volume() before predict()")
-        return self._state
 
     def _text_input(self, text_features: np.ndarray | None) -> np.ndarray | None:
         text_dim = self.config.text_dim

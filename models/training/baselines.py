@@ -29,19 +29,18 @@ import pickle
 import time
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from torch import nn
 
 from models.checkpoint import file_sha256, write_torch_file
-from models.errors import CheckpointError, ModelError, PromptInputError
-from models.predictor import Click, PatientBox, Prediction, average_tiles, working_crops
-from models.transforms import Crop, WorkingGrid, plan_crops
+from models.errors import CheckpointError, ModelError
+from models.predictor import Click, CropPredictor, PatientBox, Prediction, average_tiles
+from models.transforms import Crop, WorkingGrid
 
 BASELINE_ARCHS: tuple[str, ...] = ("vnet", "segresnet", "dynunet", "unetr", "swinunetr")
 BASELINE_WIDTHS: tuple[str, ...] = ("paper", "tiny")
@@ -357,16 +356,7 @@ def _names(keys: Iterable[str]) -> str:
 # -- inference -----------------------------------------------------------------------------------
 
 
-@dataclass
-class _Segmented:
-    grid: WorkingGrid
-    crops: list[Crop]
-    crop_logits: list[np.ndarray]  # (1, 1, S, S, S) each, like Predictor's low-res logits
-    encode_seconds: float
-    notes: list[str] = field(default_factory=list)
-
-
-class DensePredictor:
+class DensePredictor(CropPredictor):
     """Same calls as :class:`models.predictor.Predictor` for a plain segmentation network.
 
     ``set_volume`` runs the network on every crop (that is all there is to run); ``predict``
@@ -384,34 +374,10 @@ class DensePredictor:
             self.model = model.to(self._device)
         except (RuntimeError, AssertionError) as exc:  # unknown device string, torch without CUDA
             raise ModelError(f"cannot run the network on device {device!r}: {exc}") from exc
+        super().__init__()
         self.config = config
         self.device = str(self._device)
         self.threads = threads
-        self._state: _Segmented | None = None
-
-    @property
-    def is_volume_set(self) -> bool:
-        return self._state is not None
-
-    @property
-    def encode_seconds(self) -> float:
-        return self._state.encode_seconds if self._state else 0.0
-
-    def reset(self) -> None:
-        self._state = None
-
-    def set_volume(self, image: sitk.Image, focus: PatientBox | None = None) -> None:
-        """Resample, normalise and crop as ``Predictor.set_volume`` does, then segment each crop."""
-        grid, volume, crops, pad_value = working_crops(image, focus, self.config.img_size)
-        self._segment(grid, volume, crops, pad_value)
-
-    def set_working_volume(
-        self, grid: WorkingGrid, volume: np.ndarray, focus: PatientBox, pad_value: float
-    ) -> None:
-        """Like :meth:`set_volume` for a block already on the working grid and normalised."""
-        lo, hi = focus.on_grid(grid)
-        crops = plan_crops(lo, hi, self.config.img_size)
-        self._segment(grid, np.asarray(volume, dtype=np.float32), crops, pad_value)
 
     def predict(
         self,
@@ -424,24 +390,19 @@ class DensePredictor:
         """The crops' logits averaged on the working grid (``OUTSIDE_LOGIT`` where none covers)."""
         state = self._require_volume()
         start = time.perf_counter()
-        logits = average_tiles(state.grid, state.crops, state.crop_logits)
+        logits = average_tiles(state.grid, state.crops, state.per_crop)
         notes = _ignored_prompt_notes(box, clicks, text_features, previous)
         elapsed = time.perf_counter() - start
-        return Prediction(state.grid, logits, list(state.crop_logits), list(state.crops), notes, elapsed)
+        return Prediction(state.grid, logits, list(state.per_crop), list(state.crops), notes, elapsed)
 
-    def _require_volume(self) -> _Segmented:
-        if self._state is None:
-            raise PromptInputError("no volume set: call set_volume() before predict()")
-        return self._state
-
-    def _segment(self, grid: WorkingGrid, volume: np.ndarray, crops: list[Crop], pad_value: float) -> None:
-        start = time.perf_counter()
-        # One crop at a time: a 128³ crop through a paper-width network already takes gigabytes.
+    def _run_crops(self, grid: WorkingGrid, volume: np.ndarray, crops: list[Crop], pad_value: float) -> None:
+        # One crop at a time (a 128³ crop through a paper-width network already takes
+        # gigabytes), in eval mode with the thread limit.
         with self._scope():
-            crop_logits = [self._run(crop.extract(volume, pad_value)) for crop in crops]
-        self._state = _Segmented(grid, crops, crop_logits, time.perf_counter() - start)
+            super()._run_crops(grid, volume, crops, pad_value)
 
-    def _run(self, crop_volume: np.ndarray) -> np.ndarray:
+    def _run_crop(self, crop_volume: np.ndarray) -> np.ndarray:
+        """(1, 1, S, S, S) logits of one crop, like Predictor's low-resolution logits."""
         size = self.config.img_size
         output = self.model(torch.from_numpy(crop_volume[None, None]).to(self._device))
         if not isinstance(output, torch.Tensor) or tuple(output.shape) != (1, 1, size, size, size):
