@@ -19,7 +19,7 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -328,7 +328,3 @@ def split_cases(
             if case.task == task:
                 (validation if case.patient_alias in held else train).append(case.case_id)
     return train, validation
-
-
-def cases_by_id(cases: Iterable[CachedCase]) -> dict[str, CachedCase]:
-    return {c.case_id: c for c in cases}
