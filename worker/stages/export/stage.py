@@ -16,6 +16,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from worker.stages.export.algorithm import UNREVIEWED, AlgorithmInfo
+from worker.stages.export.files import OUTPUT_FILES
 from worker.stages.export.preview import render_preview
 from worker.stages.export.report import Report, build_report, write_report
 from worker.stages.export.rtstruct import RtstructOptions, write_rtstruct
@@ -24,14 +25,6 @@ from worker.stages.export.source import source_series
 from worker.stages.export.sr import SegmentMeasurements, write_measurement_report
 from worker.stages.prepare import PreparedCase
 from worker.stages.read.series import ImageVolume
-
-OUTPUT_FILES = {
-    "seg": "seg.dcm",
-    "rtstruct": "rtstruct.dcm",
-    "sr": "sr.dcm",
-    "report": "report.json",
-    "preview": "preview.png",
-}
 
 
 @dataclass(frozen=True)

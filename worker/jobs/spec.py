@@ -1,0 +1,80 @@
+"""What a job was asked to do (``spec.json``): task, clinical fields, τ and options."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.files import write_atomically
+from worker.errors import InputError
+from worker.stages.prompts import DEFAULT_TAU
+
+Task = Literal["orn", "ce", "crn"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ClinicalFields(_Strict):
+    """Structured clinical context for the text prompt; what is left out comes from the headers."""
+
+    diagnosis: str | None = Field(None, max_length=200, examples=["oropharyngeal carcinoma"])
+    prescription_gy: float | None = Field(None, gt=0, le=200)
+    fractions: int | None = Field(None, gt=0, le=100)
+    months_since_rt: float | None = Field(None, ge=0, le=600)
+    age: int | None = Field(None, ge=0, le=130)
+    sex: Literal["M", "F", "O"] | None = None
+
+    def as_case_file(self, note: str | None) -> dict[str, Any]:
+        """The ``case.json`` shape the clinical-context reader takes."""
+        clinical = self.model_dump(include={"diagnosis", "prescription_gy", "fractions", "months_since_rt"})
+        if note:
+            clinical["note"] = note
+        return {"clinical": clinical, "demographics": self.model_dump(include={"age", "sex"})}
+
+
+class JobOptions(_Strict):
+    #: How far outside the high-dose region (mm) a predicted voxel may lie and still be kept.
+    gate_margin_mm: float = Field(3.0, ge=0, le=50)
+    #: Connected components smaller than this (cc) are removed.
+    min_component_cc: float = Field(0.05, ge=0, le=100)
+    #: None lets the register stage decide (deformable after rigid when the images allow it).
+    deformable: bool | None = None
+
+
+class JobSpec(_Strict):
+    """One job's request, as stored in ``spec.json``."""
+
+    #: None: the task follows from the follow-up (CT → ORN, T2/FLAIR → CE, contrast T1 → CRN).
+    task: Task | None = None
+    clinical_text: str | None = Field(None, max_length=1000)
+    clinical: ClinicalFields = Field(default_factory=ClinicalFields)
+    tau: float = Field(DEFAULT_TAU, gt=0, lt=1)
+    #: Which follow-up series, when the inputs hold more than one.
+    followup_series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9.]+$")
+    options: JobOptions = Field(default_factory=JobOptions)
+
+    def case_file(self) -> dict[str, Any]:
+        return self.clinical.as_case_file(self.clinical_text)
+
+
+class ClickSpec(_Strict):
+    """A reviewer's click in patient coordinates (LPS, mm): inside the lesion or outside it."""
+
+    point_mm: tuple[float, float, float]
+    positive: bool
+
+
+def write_spec(spec: JobSpec, path: Path) -> None:
+    write_atomically(path, spec.model_dump_json(indent=2).encode("utf-8"))
+
+
+def read_spec(path: Path) -> JobSpec:
+    try:
+        return JobSpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, ValidationError) as error:
+        raise InputError(f"the job's spec.json cannot be read ({type(error).__name__})") from None

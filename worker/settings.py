@@ -1,0 +1,54 @@
+"""Settings shared by the workers and everything that talks to them (prefix ``RTINJURY_``).
+
+With no broker configured the service runs embedded: Celery's file-system transport under the
+storage root and a SQLite result backend, so one machine needs neither Redis nor a GPU.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class WorkerSettings(BaseSettings):
+    """Typed settings; each field can be set as ``RTINJURY_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="RTINJURY_", extra="ignore")
+
+    #: Job folders (inputs, intermediate files, outputs) live under ``<storage_root>/jobs``.
+    storage_root: Path = Path("./rtinjury-data")
+    #: A site's role rules (which series is the follow-up, the planning CT ...); packaged default.
+    role_rules: Path | None = None
+    #: Celery broker, e.g. ``redis://127.0.0.1:6379/0``; unset means embedded mode.
+    broker_url: str | None = None
+    #: Celery result backend; defaults to the broker (Redis) or a SQLite file (embedded).
+    result_backend: str | None = None
+    #: Network weights: a checkpoint file or an ONNX export folder; unset means the demo model.
+    model: Path | None = None
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    #: "cpu" or "cuda" for the inference worker; None picks what the runtime finds.
+    device: str | None = None
+    #: Threads per inference process (None: the library default).
+    threads: int | None = Field(None, ge=1, le=256)
+    #: A local text-encoder folder; unset means the packaged MiniLM.
+    text_encoder: str | None = None
+    #: A stage that runs longer than this is stopped (soft limit) and the job fails cleanly.
+    task_soft_time_limit_s: int = Field(1200, ge=10)
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def jobs_root(self) -> Path:
+        return self.storage_root / "jobs"
+
+
+@lru_cache
+def get_worker_settings() -> WorkerSettings:
+    """The process-wide settings, read once."""
+    return WorkerSettings()
