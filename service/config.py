@@ -1,20 +1,76 @@
-"""Settings of the API process (environment variables with the ``RTINJURY_`` prefix)."""
+"""Settings of the API process (environment variables with the ``RTINJURY_`` prefix).
+
+The API shares the workers' settings (storage root, broker, model) and adds its own: the job
+database, the API keys and the upload limits.
+"""
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
-from pathlib import Path
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+
+from worker.settings import WorkerSettings
+from worker.stages.assemble.sources import ZipLimits
+
+#: How a stored API key looks: the SHA-256 of the key, never the key itself.
+KEY_HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
+#: Shorter keys are guessable; ``rtinjury keys new`` makes 43-character ones.
+MIN_API_KEY_LENGTH = 16
+_ZIP_DEFAULTS = ZipLimits()
 
 
-class Settings(BaseSettings):
+class Settings(WorkerSettings):
     """Typed settings; each field can be set as ``RTINJURY_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="RTINJURY_", extra="ignore")
+    #: SQLAlchemy URL of the job database, e.g. ``postgresql+psycopg://user:pw@host/rtinjury``;
+    #: unset means a SQLite file under the storage root.
+    database_url: str | None = None
+    #: Accepted API keys as ``sha256:<hex>`` lines (``rtinjury keys new``); a JSON list in the env.
+    api_key_hashes: list[str] = Field(default_factory=list)
+    #: One plaintext key, for development and tests only.
+    api_key: SecretStr | None = None
+    #: Largest request body of an upload (all parts together).
+    max_upload_bytes: int = Field(default=4 * 1024**3, ge=1024)
+    #: Most files in one upload: parts plus the entries of its zip archives.
+    max_upload_files: int = Field(default=20_000, ge=1)
+    #: Most bytes the zip archives of one upload may inflate to.
+    zip_max_unpacked_bytes: int = Field(default=_ZIP_DEFAULTS.max_total_bytes, ge=1024)
+    #: Highest compression ratio accepted before an archive counts as a zip bomb.
+    zip_max_ratio: float = Field(default=_ZIP_DEFAULTS.max_ratio, gt=1)
 
-    storage_root: Path = Path("./rtinjury-data")
-    role_rules: Path | None = None
+    @field_validator("api_key_hashes")
+    @classmethod
+    def _hashes_are_sha256(cls, hashes: list[str]) -> list[str]:
+        cleaned = [h.strip().lower() for h in hashes]
+        bad = [number for number, h in enumerate(cleaned) if not KEY_HASH_PATTERN.match(h)]
+        if bad:
+            # Say which entry, never its value: a pasted plaintext key must not reach a log.
+            raise ValueError(f"entries {bad} are not of the form 'sha256:<64 hex>' (see `rtinjury keys new`)")
+        return cleaned
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_is_long_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        if key is not None and len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
+            raise ValueError(f"RTINJURY_API_KEY must have at least {MIN_API_KEY_LENGTH} characters")
+        return key
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The job database: the configured URL or ``<storage_root>/rtinjury.db``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.storage_root.resolve() / 'rtinjury.db'}"
+
+    @property
+    def zip_limits(self) -> ZipLimits:
+        return ZipLimits(
+            max_entries=self.max_upload_files,
+            max_total_bytes=self.zip_max_unpacked_bytes,
+            max_ratio=self.zip_max_ratio,
+        )
 
 
 @lru_cache

@@ -1,17 +1,32 @@
-"""The FastAPI application: routers and stable operation ids."""
+"""The FastAPI application: routers, error handlers, middleware and stable operation ids.
+
+``create_app(settings)`` builds a self-contained app (its own database engine and metrics
+registry), so tests and several processes never share hidden state. The API process never
+imports torch: the heavy work happens in the workers.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from service import __version__
-from service.api.routes import health
+from service.api.errors import install_error_handlers
+from service.api.middleware import RequestContextMiddleware
+from service.api.routes import health, jobs, metrics
+from service.config import Settings, get_settings
+from service.db import Database
+from service.metrics import ServiceMetrics
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
+
+log = logging.getLogger(__name__)
 
 
 def _operation_id(route: APIRoute) -> str:
@@ -20,21 +35,50 @@ def _operation_id(route: APIRoute) -> str:
     return f"{tag}-{route.name}"
 
 
-def create_app() -> FastAPI:
-    """Build the application with every router."""
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    database: Database = app.state.database
+    try:
+        database.prepare()
+    except Exception as error:
+        # Keep serving: /readyz says what is wrong, and the first request that needs the
+        # database tries again (a database container may come up after the API).
+        log.error("job database not ready at start-up: %s", type(error).__name__)
+    yield
+    database.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application with every router, for ``settings`` (default: the environment)."""
+    settings = settings or get_settings()
     app = FastAPI(
         title="rtinjury",
         version=__version__,
-        description="Segmentation and measurement of radiotherapy-induced normal-tissue injuries.",
+        description=(
+            "Segmentation and measurement of radiotherapy-induced normal-tissue injuries "
+            "(osteoradionecrosis, cerebral edema, cerebral radiation necrosis) from DICOM-RT. "
+            "Every route but /healthz and /readyz needs `Authorization: Bearer <key>`; errors are "
+            "RFC 9457 problems (`application/problem+json`)."
+        ),
         generate_unique_id_function=_operation_id,
+        lifespan=_lifespan,
     )
+    database = Database(settings.sqlalchemy_url)
+    service_metrics = ServiceMetrics(database)
+    app.state.settings = settings
+    app.state.database = database
+    app.state.metrics = service_metrics
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
     app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(metrics.router)
     return app
 
 
 def openapi_document() -> str:
     """The OpenAPI document as committed in ``openapi/openapi.json``."""
-    return json.dumps(create_app().openapi(), indent=2, sort_keys=True) + "\n"
+    return json.dumps(create_app(Settings()).openapi(), indent=2, sort_keys=True) + "\n"
 
 
 if __name__ == "__main__":

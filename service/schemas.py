@@ -1,10 +1,17 @@
-"""Public request and response schemas of the REST API."""
+"""Public request and response schemas of the REST API (template naming: ``XPublic``, ``XCreate``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
+
+from worker.jobs.spec import ClickSpec, Task
+from worker.jobs.status import JobState
+
+#: Most clicks one refinement takes.
+MAX_CLICKS = 20
 
 
 class HealthPublic(BaseModel):
@@ -12,3 +19,109 @@ class HealthPublic(BaseModel):
 
     status: Literal["ok"]
     version: str
+
+
+class ReadinessCheck(BaseModel):
+    ok: bool
+    #: Why not, when not ok.
+    detail: str | None = None
+
+
+class ReadinessPublic(BaseModel):
+    """Whether the API can take jobs: database, storage, broker, model."""
+
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, ReadinessCheck]
+
+
+class ProblemFieldError(BaseModel):
+    """One invalid field of a request (in a ``validation-error`` problem)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem (``application/problem+json``)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(examples=["urn:rtinjury:problem:invalid-study"])
+    title: str
+    status: int
+    detail: str
+    instance: str
+    #: The stable code, also the last part of ``type``.
+    code: str
+    request_id: str
+    errors: list[ProblemFieldError] | None = None
+
+
+class JobCreateForm(BaseModel):
+    """The form fields of ``POST /v1/jobs`` beside the files (structured ones as JSON strings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task | None = Field(None, description="orn, ce or crn; unset: follows from the follow-up scan")
+    clinical_text: str | None = Field(None, max_length=1000, description="free clinical note for the prompt")
+    clinical: str | None = Field(
+        None,
+        max_length=4000,
+        description='JSON object of clinical fields, e.g. {"prescription_gy": 70, "months_since_rt": 14}',
+    )
+    tau: float | None = Field(None, gt=0, lt=1, description="high-dose threshold as a fraction of Dmax")
+    options: str | None = Field(
+        None, max_length=4000, description='JSON object of options, e.g. {"gate_margin_mm": 3}'
+    )
+    followup_series_uid: str | None = Field(
+        None, max_length=64, pattern=r"^[0-9.]+$", description="which follow-up, when several were sent"
+    )
+
+
+class JobErrorPublic(BaseModel):
+    code: str
+    message: str
+
+
+class JobLinks(BaseModel):
+    job: str
+    #: Result name → download URL; only once the job succeeded.
+    results: dict[str, str] = Field(default_factory=dict)
+
+
+class JobPublic(BaseModel):
+    """A job as the API shows it: where it stands and what it found."""
+
+    id: str
+    state: JobState
+    stage: str | None
+    progress: int = Field(ge=0, le=100)
+    task: Task | None
+    patient_alias: str | None
+    owner: str
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    timings_s: dict[str, float]
+    warnings: list[str]
+    error: JobErrorPublic | None
+    refinements: int
+    summary: dict[str, Any]
+    links: JobLinks
+
+
+class JobsPublic(BaseModel):
+    data: list[JobPublic]
+    #: All jobs that match the filter (the page holds at most ``limit``).
+    count: int
+    limit: int
+    offset: int
+
+
+class RefineRequest(BaseModel):
+    """Reviewer clicks (LPS, mm): positive inside the lesion, negative outside."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    clicks: list[ClickSpec] = Field(min_length=1, max_length=MAX_CLICKS)
