@@ -12,13 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from models.demo import DEMO_CHECKPOINT, DEMO_ONNX_DIR
 from models.errors import CheckpointError
 from models.predictor import Predictor, SegmentingPredictor
 
-#: The shipped demo network (trained on synthetic patients; see its model card).
-DEMO_DIR = Path(__file__).resolve().parent / "weights"
-DEMO_CHECKPOINT = DEMO_DIR / "demo-small-64.pt"
-DEMO_ONNX_DIR = DEMO_DIR / "demo-small-64-onnx"
+__all__ = ["DEMO_CHECKPOINT", "DEMO_ONNX_DIR", "LoadedModel", "open_model"]
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -97,6 +97,10 @@ class SegmentingPredictor(Protocol):
     config: Any
 
     def set_volume(self, image: sitk.Image, focus: PatientBox | None = None) -> None: ...
+
+    def state_arrays(self) -> dict[str, np.ndarray]: ...
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray]) -> None: ...
 
     def set_working_volume(
         self, grid: WorkingGrid, volume: np.ndarray, focus: PatientBox, pad_value: float
@@ -209,6 +213,32 @@ class CropPredictor(ABC):
         crops = plan_crops(lo, hi, self.config.img_size)
         self._run_crops(grid, np.asarray(volume, dtype=np.float32), crops, pad_value)
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """What :meth:`set_volume` computed, as plain arrays (for ``np.savez``: no pickles), so that
+        another process can decode again, with clicks, without running the encoder again."""
+        state = self._require_volume()
+        return {
+            "grid_origin": np.asarray(state.grid.origin, dtype=np.float64),
+            "grid_size": np.asarray(state.grid.size, dtype=np.int64),
+            "grid_spacing": np.asarray(state.grid.spacing, dtype=np.float64),
+            "crop_starts": np.asarray([crop.start for crop in state.crops], dtype=np.int64),
+            "crop_sizes": np.asarray([crop.size for crop in state.crops], dtype=np.int64),
+            "per_crop": np.stack(state.per_crop),
+            "encode_seconds": np.asarray(state.encode_seconds),
+        }
+
+    def restore_state(self, arrays: Mapping[str, np.ndarray]) -> None:
+        """The state :meth:`state_arrays` gave, as if :meth:`set_volume` had just run."""
+        ox, oy, oz = (float(v) for v in arrays["grid_origin"])
+        sx, sy, sz = (int(v) for v in arrays["grid_size"])
+        grid = WorkingGrid((ox, oy, oz), (sx, sy, sz), float(arrays["grid_spacing"]))
+        crops = [
+            Crop((int(start[0]), int(start[1]), int(start[2])), int(size))
+            for start, size in zip(arrays["crop_starts"], arrays["crop_sizes"], strict=True)
+        ]
+        per_crop = list(np.asarray(arrays["per_crop"]))
+        self._state = _CropState(grid, crops, per_crop, float(arrays["encode_seconds"]))
+
     def _run_crops(self, grid: WorkingGrid, volume: np.ndarray, crops: list[Crop], pad_value: float) -> None:
         start = time.perf_counter()
         per_crop = [self._run_crop(crop.extract(volume, pad_value)) for crop in crops]
@@ -252,12 +282,20 @@ class Predictor(CropPredictor):
             mask_input = self._mask_input(previous, i, size)
             crop_logits, _ = self.backend.decode(embedding, coords, labels, mask_input, text)
             low_res.append(crop_logits)
+        prediction = self.prediction_from_low_res(low_res)
+        prediction.notes = sorted(set(notes))
+        prediction.decode_seconds = time.perf_counter() - start
+        return prediction
+
+    def prediction_from_low_res(self, low_res: Sequence[np.ndarray]) -> Prediction:
+        """The prediction that per-crop low-resolution logits (one per crop of the current
+        volume) stand for: upsampled and averaged on the working grid as :meth:`predict` does."""
+        state = self._require_volume()
         full_size = [
             _upsample(crop_logits, crop.size) for crop, crop_logits in zip(state.crops, low_res, strict=True)
         ]
         logits = average_tiles(state.grid, state.crops, full_size)
-        elapsed = time.perf_counter() - start
-        return Prediction(state.grid, logits, low_res, list(state.crops), sorted(set(notes)), elapsed)
+        return Prediction(state.grid, logits, list(low_res), list(state.crops))
 
     def _text_input(self, text_features: np.ndarray | None) -> np.ndarray | None:
         text_dim = self.config.text_dim

@@ -33,11 +33,11 @@ class WorkerSettings(BaseSettings):
     #: "cpu" or "cuda" for the inference worker; None picks what the runtime finds.
     device: str | None = None
     #: Threads per inference process (None: the library default).
-    threads: int | None = Field(None, ge=1, le=256)
+    threads: int | None = Field(default=None, ge=1, le=256)
     #: A local text-encoder folder; unset means the packaged MiniLM.
     text_encoder: str | None = None
     #: A stage that runs longer than this is stopped (soft limit) and the job fails cleanly.
-    task_soft_time_limit_s: int = Field(1200, ge=10)
+    task_soft_time_limit_s: int = Field(default=1200, ge=10)
 
     @property
     def embedded(self) -> bool:

@@ -12,7 +12,19 @@ import sys
 from collections.abc import Sequence
 
 from models.errors import ModelError
-from service.cli import evaluate_cmd, export_onnx_cmd, inspect_cmd, register_cmd, synth_cmd, train_cmd
+from service.cli import (
+    demo_cmd,
+    evaluate_cmd,
+    export_onnx_cmd,
+    inspect_cmd,
+    keys_cmd,
+    register_cmd,
+    run_cmd,
+    serve_cmd,
+    synth_cmd,
+    train_cmd,
+    worker_cmd,
+)
 from worker.errors import InputError
 
 EXIT_INPUT_ERROR = 2
@@ -31,12 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo_cmd.register(commands)
+    run_cmd.register(commands)
     synth_cmd.register(commands)
     inspect_cmd.register(commands)
     register_cmd.register(commands)
     export_onnx_cmd.register(commands)
     train_cmd.register(commands)
     evaluate_cmd.register(commands)
+    worker_cmd.register(commands)
+    serve_cmd.register(commands)
+    keys_cmd.register(commands)
     return parser
 
 

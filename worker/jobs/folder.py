@@ -16,9 +16,14 @@ _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 
 @dataclass(frozen=True)
 class JobFolder:
-    """``<storage root>/jobs/<id>/`` with ``inputs/``, ``work/``, ``outputs/`` and two JSON files."""
+    """``<storage root>/jobs/<id>/`` with ``inputs/``, ``work/``, ``outputs/`` and two JSON files.
+
+    ``source`` points the inputs elsewhere (``rtinjury run`` reads the user's folder or zip in
+    place instead of copying it).
+    """
 
     root: Path
+    source: Path | None = None
 
     @classmethod
     def under(cls, storage_root: Path, job_id: str) -> JobFolder:
@@ -32,8 +37,8 @@ class JobFolder:
 
     @property
     def inputs(self) -> Path:
-        """The DICOM files as received (zip archives already unpacked)."""
-        return self.root / "inputs"
+        """The DICOM files as received (for uploads, zip archives already unpacked)."""
+        return self.source if self.source is not None else self.root / "inputs"
 
     @property
     def work(self) -> Path:
@@ -57,7 +62,7 @@ class JobFolder:
         return self.outputs / OUTPUT_FILES[name]
 
     def create(self) -> JobFolder:
-        for folder in (self.inputs, self.work, self.outputs):
+        for folder in (self.root / "inputs", self.work, self.outputs):
             folder.mkdir(parents=True, exist_ok=True)
         return self
 

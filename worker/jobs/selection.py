@@ -15,6 +15,7 @@ from worker.jobs.folder import JobFolder
 from worker.jobs.spec import JobSpec
 from worker.stages.assemble.case import Case, assemble_cases
 from worker.stages.assemble.rules import load_rules
+from worker.stages.clinical import CASE_FILE
 
 
 @dataclass
@@ -67,6 +68,8 @@ def select_case(folder: JobFolder, spec: JobSpec, rules_path: Path | None = None
             "(or send one follow-up per job)"
         )
     notes = list(assembly.ignored)
-    if assembly.not_dicom:
-        notes.append(f"{assembly.not_dicom} file(s) that are not DICOM were ignored")
+    # A case.json beside the files holds clinical fields (read by the prepare stage), not images.
+    not_dicom = assembly.not_dicom - int((folder.inputs / CASE_FILE).is_file())
+    if not_dicom > 0:
+        notes.append(f"{not_dicom} file(s) that are not DICOM were ignored")
     return SelectedCase(candidates[0], notes)

@@ -22,11 +22,11 @@ class _Strict(BaseModel):
 class ClinicalFields(_Strict):
     """Structured clinical context for the text prompt; what is left out comes from the headers."""
 
-    diagnosis: str | None = Field(None, max_length=200, examples=["oropharyngeal carcinoma"])
-    prescription_gy: float | None = Field(None, gt=0, le=200)
-    fractions: int | None = Field(None, gt=0, le=100)
-    months_since_rt: float | None = Field(None, ge=0, le=600)
-    age: int | None = Field(None, ge=0, le=130)
+    diagnosis: str | None = Field(default=None, max_length=200, examples=["oropharyngeal carcinoma"])
+    prescription_gy: float | None = Field(default=None, gt=0, le=200)
+    fractions: int | None = Field(default=None, gt=0, le=100)
+    months_since_rt: float | None = Field(default=None, ge=0, le=600)
+    age: int | None = Field(default=None, ge=0, le=130)
     sex: Literal["M", "F", "O"] | None = None
 
     def as_case_file(self, note: str | None) -> dict[str, Any]:
@@ -39,9 +39,9 @@ class ClinicalFields(_Strict):
 
 class JobOptions(_Strict):
     #: How far outside the high-dose region (mm) a predicted voxel may lie and still be kept.
-    gate_margin_mm: float = Field(3.0, ge=0, le=50)
+    gate_margin_mm: float = Field(default=3.0, ge=0, le=50)
     #: Connected components smaller than this (cc) are removed.
-    min_component_cc: float = Field(0.05, ge=0, le=100)
+    min_component_cc: float = Field(default=0.05, ge=0, le=100)
     #: None lets the register stage decide (deformable after rigid when the images allow it).
     deformable: bool | None = None
 
@@ -51,12 +51,12 @@ class JobSpec(_Strict):
 
     #: None: the task follows from the follow-up (CT → ORN, T2/FLAIR → CE, contrast T1 → CRN).
     task: Task | None = None
-    clinical_text: str | None = Field(None, max_length=1000)
-    clinical: ClinicalFields = Field(default_factory=ClinicalFields)
-    tau: float = Field(DEFAULT_TAU, gt=0, lt=1)
+    clinical_text: str | None = Field(default=None, max_length=1000)
+    clinical: ClinicalFields = Field(default_factory=lambda: ClinicalFields())
+    tau: float = Field(default=DEFAULT_TAU, gt=0, lt=1)
     #: Which follow-up series, when the inputs hold more than one.
-    followup_series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9.]+$")
-    options: JobOptions = Field(default_factory=JobOptions)
+    followup_series_uid: str | None = Field(default=None, max_length=64, pattern=r"^[0-9.]+$")
+    options: JobOptions = Field(default_factory=lambda: JobOptions())
 
     def case_file(self) -> dict[str, Any]:
         return self.clinical.as_case_file(self.clinical_text)

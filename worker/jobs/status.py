@@ -53,7 +53,7 @@ class JobError(BaseModel):
 class JobStatus(BaseModel):
     state: JobState = JobState.QUEUED
     stage: str | None = None
-    progress: int = Field(0, ge=0, le=100)
+    progress: int = Field(default=0, ge=0, le=100)
     #: Seconds per finished stage.
     timings_s: dict[str, float] = Field(default_factory=dict)
     warnings: list[str] = Field(default_factory=list)

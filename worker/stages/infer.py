@@ -55,16 +55,35 @@ def infer_lesion(
     options: InferenceOptions | None = None,
 ) -> InferenceResult:
     """Segment the lesion of one follow-up inside its high-dose region."""
+    start = time.perf_counter()
+    predictor.set_volume(image, focus=region_box(region))
+    encode = time.perf_counter() - start
+    return decode_lesion(
+        predictor, image, region, text_features, clicks=clicks, options=options, encode_seconds=encode
+    )
+
+
+def decode_lesion(
+    predictor: SegmentingPredictor,
+    image: sitk.Image,
+    region: HighDoseRegion,
+    text_features: np.ndarray | None,
+    *,
+    clicks: Sequence[Click] = (),
+    previous: Prediction | None = None,
+    options: InferenceOptions | None = None,
+    encode_seconds: float = 0.0,
+) -> InferenceResult:
+    """The decoder alone on the volume the predictor already holds (a refinement with clicks
+    reuses the embedding; ``previous`` is the last prediction, given as the mask prompt)."""
     options = options or InferenceOptions()
     config = predictor.config
-    box = PatientBox(np.asarray(region.corners_mm, dtype=np.float64))
-    start = time.perf_counter()
-    predictor.set_volume(image, focus=box)
-    encode = time.perf_counter() - start
+    box = region_box(region)
     prediction = predictor.predict(
         box=box if config.box_prompt else None,
         clicks=clicks,
         text_features=text_features if config.text_dim is not None else None,
+        previous=previous,
     )
     mask = sitk.GetArrayFromImage(prediction.mask_on(image)).astype(bool)
     allowed = gate_region(region.mask, image.GetSpacing(), options.gate_margin_mm)
@@ -72,7 +91,12 @@ def infer_lesion(
     kept = drop_small_components(mask & allowed, image.GetSpacing(), options.min_component_cc)
     out = sitk.GetImageFromArray(kept.astype(np.uint8))
     out.CopyInformation(image)
-    return InferenceResult(out, prediction, encode, prediction.decode_seconds, gated)
+    return InferenceResult(out, prediction, encode_seconds, prediction.decode_seconds, gated)
+
+
+def region_box(region: HighDoseRegion) -> PatientBox:
+    """The box prompt: the corners of r's bounding box in patient coordinates."""
+    return PatientBox(np.asarray(region.corners_mm, dtype=np.float64))
 
 
 def gate_region(region: np.ndarray, spacing_xyz: Sequence[float], margin_mm: float) -> np.ndarray:

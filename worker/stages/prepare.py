@@ -9,6 +9,7 @@ workers call it, and so does training-data preparation.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +42,11 @@ def prepare_case(
     *,
     tau: float = DEFAULT_TAU,
     registration: RegistrationOptions | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> PreparedCase:
     """Register, carry the dose over and derive the high-dose region of one case.
+
+    ``progress`` is told the name of each step ("register", "dose", "prompts") as it starts.
 
     Raises
     ------
@@ -51,17 +55,27 @@ def prepare_case(
     worker.errors.PromptError
         No usable high-dose region on the follow-up.
     """
+    tell = progress or (lambda _: None)
+    tell("register")
     result = register_case(case, data, registration)
     transform = result.transform
     if not is_linear(transform):
         # A B-spline is slow to evaluate per voxel; a 2 mm displacement field gives the same
         # dose within 0.01 Gy at a sixth of the cost (reference/stack_notes.md §3c).
         transform = to_displacement_field(transform, data.followup.image, 2.0)
+    tell("dose")
     dose = map_dose(data.dose.image, data.followup.image, transform)
+    tell("prompts")
+    return with_region(result, dose, tau)
+
+
+def with_region(registration: RegistrationResult, dose: MappedDose, tau: float) -> PreparedCase:
+    """The high-dose region of a dose already on the follow-up grid, its dose figures and the
+    warnings; a job's later stages rebuild their :class:`PreparedCase` from saved files this way."""
     region = high_dose_region(dose.image, tau)
     mask = sitk.GetImageFromArray(region.mask.astype("uint8"))
-    mask.CopyInformation(data.followup.image)
-    prepared = PreparedCase(result, dose, region, mask_dose_statistics(mask, dose.image))
+    mask.CopyInformation(dose.image)
+    prepared = PreparedCase(registration, dose, region, mask_dose_statistics(mask, dose.image))
     prepared.warnings = _warnings(prepared)
     return prepared
 

@@ -1,0 +1,91 @@
+"""The Celery application, configured in one class from the worker settings.
+
+Production: Redis as broker and result backend; queues ``cpu`` (prepare, export) and ``gpu``
+(infer, refine). Embedded (no broker configured): kombu's file-system transport under the
+storage root and a SQLite result backend, so ``rtinjury serve`` needs no Redis and behaves the
+same (one message per stage, same task names, same payloads).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+
+from worker.settings import WorkerSettings
+
+CPU_QUEUE = "cpu"
+GPU_QUEUE = "gpu"
+#: Stable task names: they are the wire contract between API, node and workers.
+PREPARE = "rtinjury.prepare"
+INFER = "rtinjury.infer"
+EXPORT = "rtinjury.export"
+REFINE = "rtinjury.refine"
+TASK_QUEUES = {PREPARE: CPU_QUEUE, EXPORT: CPU_QUEUE, INFER: GPU_QUEUE, REFINE: GPU_QUEUE}
+
+
+class CeleryConfig:
+    """Every Celery setting of the service, in one place (read with ``config_from_object``)."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.broker_url, self.result_backend = _transport(settings)
+        self.broker_transport_options = _transport_options(settings)
+        # JSON only: payloads are job ids and click coordinates, never pickles.
+        self.task_serializer = "json"
+        self.result_serializer = "json"
+        self.accept_content = ["json"]
+        # A task is acknowledged after it ran: a worker killed mid-stage leaves the message to be
+        # delivered again (stages are idempotent: they rewrite their files in the job folder).
+        self.task_acks_late = True
+        self.task_reject_on_worker_lost = True
+        self.worker_prefetch_multiplier = 1
+        self.task_soft_time_limit = settings.task_soft_time_limit_s
+        self.task_time_limit = settings.task_soft_time_limit_s + 60
+        self.task_default_queue = CPU_QUEUE
+        self.task_routes = {name: {"queue": queue} for name, queue in TASK_QUEUES.items()}
+        self.task_track_started = True
+        self.result_extended = True
+        self.result_expires = 7 * 24 * 3600
+        self.broker_connection_retry_on_startup = True
+        self.worker_hijack_root_logger = False
+        self.worker_send_task_events = True
+        self.timezone = "UTC"
+
+
+def create_celery_app(settings: WorkerSettings) -> Celery:
+    app = Celery("rtinjury")
+    app.config_from_object(CeleryConfig(settings))
+    return app
+
+
+def queue_folders(settings: WorkerSettings) -> dict[str, Path]:
+    """The embedded transport's folders under the storage root."""
+    root = settings.storage_root / "queue"
+    return {"messages": root / "messages", "control": root / "control", "results": root / "results.db"}
+
+
+def _transport(settings: WorkerSettings) -> tuple[str, str]:
+    if settings.broker_url:
+        return settings.broker_url, settings.result_backend or settings.broker_url
+    folders = queue_folders(settings)
+    for name in ("messages", "control"):
+        folders[name].mkdir(parents=True, exist_ok=True)
+    backend = settings.result_backend or f"db+sqlite:///{folders['results'].resolve()}"
+    return "filesystem://", backend
+
+
+def _transport_options(settings: WorkerSettings) -> dict[str, Any]:
+    if settings.broker_url:
+        # Redis: a message not acknowledged within this time is delivered again; it must exceed
+        # the longest stage, or a slow stage would run twice.
+        return {"visibility_timeout": settings.task_soft_time_limit_s + 600}
+    folders = queue_folders(settings)
+    messages = str(folders["messages"].resolve())
+    return {
+        "data_folder_in": messages,
+        "data_folder_out": messages,
+        "control_folder": str(folders["control"].resolve()),
+        "store_processed": False,
+        "polling_interval": 0.2,
+    }

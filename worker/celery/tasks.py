@@ -1,0 +1,125 @@
+"""The Celery tasks: one per stage, each a thin wrapper around :mod:`worker.jobs.pipeline`.
+
+Payloads are job ids (and, for a refinement, click coordinates): everything else is in the job
+folder under the shared storage root. A task reports progress into the job's ``status.json``
+and into Celery's own task state. Input and model errors fail the job with their code and
+message and are never retried; only transient faults (a storage or connection hiccup) are.
+
+Start a worker with ``rtinjury worker --queues cpu`` or ``--queues gpu`` (see worker_cmd).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from worker.celery.app import EXPORT, INFER, PREPARE, REFINE, create_celery_app
+from worker.jobs.folder import JobFolder
+from worker.jobs.progress import StatusReporter
+from worker.jobs.spec import ClickSpec
+from worker.jobs.status import JobStatus
+from worker.settings import WorkerSettings, get_worker_settings
+
+logger = logging.getLogger(__name__)
+
+#: Faults that may pass if the stage runs again a little later.
+TRANSIENT_ERRORS = (ConnectionError, TimeoutError, BlockingIOError, InterruptedError)
+
+app = create_celery_app(get_worker_settings())
+# highdicom logs every attribute it copies, with UIDs, at INFO: not for a worker's log.
+logging.getLogger("highdicom").setLevel(logging.WARNING)
+
+
+class JobStageTask(Task):
+    """Retries transient faults only, with exponential back-off."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 60
+    retry_jitter = True
+    max_retries = 3
+
+
+StageBody = Callable[[JobFolder, WorkerSettings, StatusReporter], None]
+
+
+def run_stage(task: Task, job_id: str, body: StageBody) -> str:
+    """Run one stage of ``job_id``; on failure the job's status says why, then the task fails
+    (which stops the chain: later stages never run on a failed job)."""
+    from worker.jobs.pipeline import describe_failure
+
+    settings = get_worker_settings()
+    folder = JobFolder.under(settings.storage_root, job_id)
+    reporter = StatusReporter(folder, on_change=_celery_progress(task, job_id))
+    try:
+        body(folder, settings, reporter)
+    except TRANSIENT_ERRORS:
+        if task.request.retries >= task.max_retries:
+            reporter.failed("transient-fault", "a storage or connection fault persisted after retries")
+        raise
+    except SoftTimeLimitExceeded:
+        limit = settings.task_soft_time_limit_s
+        reporter.failed("time-limit", f"the {reporter.status.stage} stage ran longer than {limit} s")
+        raise
+    except Exception as error:
+        code, message = describe_failure(error)
+        # The job id only: a stage's own messages carry no patient data, but we log none anyway.
+        logger.warning("job %s failed in %s: %s", job_id, reporter.status.stage, code)
+        reporter.failed(code, message)
+        raise
+    return job_id
+
+
+def _celery_progress(task: Task, job_id: str) -> Callable[[JobStatus], None]:
+    def report(status: JobStatus) -> None:
+        if task.request.id:  # called directly (not through a worker) there is no task state
+            meta = {"job_id": job_id, "stage": status.stage, "progress": status.progress}
+            task.update_state(state="PROGRESS", meta=meta)
+
+    return report
+
+
+@app.task(name=PREPARE, bind=True, base=JobStageTask)
+def prepare_task(self: Task, job_id: str) -> str:
+    from worker.jobs import pipeline
+
+    return run_stage(self, job_id, pipeline.prepare)
+
+
+@app.task(name=INFER, bind=True, base=JobStageTask)
+def infer_task(self: Task, job_id: str) -> str:
+    from worker.jobs import pipeline
+    from worker.runtime import get_runtime
+
+    def body(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+        pipeline.infer(folder, get_runtime(settings), reporter)
+
+    return run_stage(self, job_id, body)
+
+
+@app.task(name=REFINE, bind=True, base=JobStageTask)
+def refine_task(self: Task, job_id: str, clicks: list[dict[str, Any]]) -> str:
+    from worker.jobs import pipeline
+    from worker.runtime import get_runtime
+
+    parsed = [ClickSpec.model_validate(c) for c in clicks]
+
+    def body(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+        pipeline.refine(folder, get_runtime(settings), parsed, reporter)
+
+    return run_stage(self, job_id, body)
+
+
+@app.task(name=EXPORT, bind=True, base=JobStageTask)
+def export_task(self: Task, job_id: str) -> str:
+    from worker.jobs import pipeline
+
+    def body(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+        pipeline.export(folder, settings, reporter)
+        reporter.succeeded()
+
+    return run_stage(self, job_id, body)

@@ -1,0 +1,202 @@
+"""The stages of one job as plain functions over its folder.
+
+``prepare`` (assemble → read → register → dose → prompts, CPU), ``infer`` (the network, GPU
+when there is one), ``export`` (DICOM-SEG, RTSTRUCT, SR, report, preview; CPU), and ``refine``
+(the decoder alone on the saved embedding with the reviewer's clicks). The Celery tasks are thin
+wrappers around these; ``rtinjury run`` calls :func:`run_job` in one process. Each stage reads
+what it needs from the folder, so any worker may run any stage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from models.errors import CodedError, ModelError
+from models.predictor import Predictor
+from models.prompt_text import ClinicalContext, text_prompt
+from worker.jobs import handoff
+from worker.jobs.folder import JobFolder
+from worker.jobs.progress import StatusReporter
+from worker.jobs.selection import select_case
+from worker.jobs.spec import ClickSpec, JobSpec, read_spec
+from worker.runtime import ModelRuntime
+from worker.settings import WorkerSettings
+from worker.stages.assemble.case import Case
+from worker.stages.clinical import case_context, read_case_file
+from worker.stages.export.algorithm import AlgorithmInfo
+from worker.stages.export.report import Report
+from worker.stages.export.stage import ExportInputs, export_results
+from worker.stages.infer import InferenceOptions, InferenceResult, decode_lesion, infer_lesion
+from worker.stages.prepare import prepare_case
+from worker.stages.read.case_data import CaseData, read_case
+from worker.stages.read.series import read_image_series
+from worker.stages.register.stage import RegistrationOptions
+
+
+def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+    """Everything before the network; leaves the follow-up, the dose on it and the transform."""
+
+    spec = read_spec(folder.spec_path)
+    reporter.stage("assemble")
+    selected = select_case(folder, spec, settings.role_rules)
+    case = selected.case
+    reporter.stage("read")
+    data = read_case(case)
+    registration = RegistrationOptions(deformable=spec.options.deformable, threads=settings.threads)
+    prepared = prepare_case(case, data, tau=spec.tau, registration=registration, progress=reporter.stage)
+    header = case.followup.first.header
+    facts: dict[str, Any] = {
+        "task": case.task,
+        "patient_alias": case.patient_alias,
+        "study_date": str(header.get("StudyDate", "") or "") or None,
+        "followup_description": str(header.get("SeriesDescription", "") or "") or None,
+        "modality": data.followup.modality,
+        "text_prompt": text_prompt(case.task, _clinical_context(folder, spec, case, data)),
+        # Warnings of reading; the region's own warnings travel with the prepared case.
+        "warnings": [*selected.notes, *data.warnings],
+    }
+    handoff.save_prepared(folder.work, data.followup.image, prepared, facts)
+    reporter.warn([*facts["warnings"], *prepared.warnings])
+    reporter.end_stage()
+
+
+def _clinical_context(folder: JobFolder, spec: JobSpec, case: Case, data: CaseData) -> ClinicalContext:
+    """What the request states, over a ``case.json`` among the inputs, over the DICOM headers."""
+    site = read_case_file(folder.inputs) if folder.inputs.is_dir() else None
+    stated = spec.case_file()
+    return ClinicalContext.from_mapping(stated["clinical"], stated["demographics"]).merged_over(
+        case_context(case, data, site)
+    )
+
+
+def infer(folder: JobFolder, runtime: ModelRuntime, reporter: StatusReporter) -> None:
+    """The network on the follow-up, prompted by r's box and the text; saves the embedding."""
+
+    spec = read_spec(folder.spec_path)
+    reporter.stage("infer")
+    facts = handoff.prepared_facts(folder.work)
+    image = handoff.load_followup(folder.work)
+    prepared = handoff.load_prepared(folder.work)
+    options = InferenceOptions(spec.options.gate_margin_mm, spec.options.min_component_cc)
+    features = runtime.text_features(facts["text_prompt"])
+    result = infer_lesion(runtime.predictor, image, prepared.region, features, options=options)
+    handoff.save_embedding(folder.work, runtime.predictor.state_arrays())
+    handoff.save_clicks(folder.work, [])
+    _save_inference(folder, runtime, result)
+    reporter.end_stage()
+
+
+def refine(
+    folder: JobFolder, runtime: ModelRuntime, clicks: list[ClickSpec], reporter: StatusReporter
+) -> None:
+    """The decoder again with every click so far and the last prediction as the mask prompt."""
+
+    spec = read_spec(folder.spec_path)
+    reporter.stage("refine")
+    facts = handoff.prepared_facts(folder.work)
+    image = handoff.load_followup(folder.work)
+    prepared = handoff.load_prepared(folder.work)
+    predictor = runtime.predictor
+    if not isinstance(predictor, Predictor):
+        raise ModelError(f"the {runtime.model.model_id} network takes no clicks; it cannot be refined")
+    predictor.restore_state(handoff.load_embedding(folder.work))
+    previous = predictor.prediction_from_low_res(handoff.load_low_res(folder.work))
+    all_clicks = [*handoff.load_clicks(folder.work), *clicks]
+    options = InferenceOptions(spec.options.gate_margin_mm, spec.options.min_component_cc)
+    result = decode_lesion(
+        predictor,
+        image,
+        prepared.region,
+        runtime.text_features(facts["text_prompt"]),
+        clicks=handoff.as_clicks(all_clicks),
+        previous=previous,
+        options=options,
+    )
+    handoff.save_clicks(folder.work, all_clicks)
+    _save_inference(folder, runtime, result)
+    reporter.end_stage()
+
+
+def _save_inference(folder: JobFolder, runtime: ModelRuntime, result: InferenceResult) -> None:
+    facts = {
+        "model_id": runtime.model.model_id,
+        "weights_sha256": runtime.model.weights_sha256,
+        "encode_seconds": round(result.encode_seconds, 3),
+        "decode_seconds": round(result.decode_seconds, 3),
+        "gated_voxels": result.gated_voxels,
+        "notes": result.prediction.notes,
+    }
+    handoff.save_inference(folder.work, result.mask, result.prediction, facts)
+
+
+def export(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> Report:
+    """Write the outputs; a new set replaces the old one whole (after a refinement, say)."""
+
+    spec = read_spec(folder.spec_path)
+    reporter.stage("export")
+    facts = handoff.prepared_facts(folder.work)
+    inferred = handoff.inference_facts(folder.work)
+    case = select_case(folder, spec, settings.role_rules).case
+    # Source instances and their planes: the objects are written on the series as it was sent.
+    followup = read_image_series(case.followup.files)
+    inputs = ExportInputs(
+        task=facts["task"],
+        followup=followup,
+        lesion_mask=handoff.load_lesion(folder.work),
+        prepared=handoff.load_prepared(folder.work),
+        algorithm=AlgorithmInfo(inferred["model_id"], inferred["weights_sha256"]),
+        patient_alias=facts["patient_alias"],
+        study_date=facts["study_date"],
+        followup_description=facts["followup_description"],
+        timings={**reporter.status.timings_s},
+        warnings=[*facts["warnings"], *inferred["notes"]],
+    )
+    staging = folder.outputs.with_name(f"{folder.outputs.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    exported = export_results(inputs, staging)
+    _replace_folder(staging, folder.outputs)
+    reporter.end_stage()
+    return exported.report
+
+
+def _replace_folder(new: Path, target: Path) -> None:
+    # Two renames: readers see the old outputs or the new ones, never a mix of both.
+    old = target.with_name(f"{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def run_job(
+    folder: JobFolder, settings: WorkerSettings, runtime: ModelRuntime, reporter: StatusReporter
+) -> Report:
+    """Every stage in this process (``rtinjury run``, ``rtinjury demo``, tests).
+
+    Raises whatever the stages raise; the reporter has the job failed by then.
+    """
+    started = time.perf_counter()
+    try:
+        prepare(folder, settings, reporter)
+        infer(folder, runtime, reporter)
+        report = export(folder, settings, reporter)
+    except Exception as error:
+        code, message = describe_failure(error)
+        reporter.failed(code, message)
+        raise
+    reporter.status.timings_s["total"] = round(time.perf_counter() - started, 3)
+    reporter.succeeded()
+    return report
+
+
+def describe_failure(error: BaseException) -> tuple[str, str]:
+    """A stable code and a message a user may read: ours for input and model errors, a generic
+    one for anything else (details go to the worker's log, never to the user)."""
+
+    if isinstance(error, CodedError):
+        return error.code, error.message
+    return "internal-error", f"the job failed in the worker ({type(error).__name__}); see the worker log"
