@@ -1,0 +1,89 @@
+"""``rtinjury serve``: the REST API, with an embedded worker when no broker is configured."""
+
+from __future__ import annotations
+
+import argparse
+import logging.config
+import subprocess
+from typing import Any
+from urllib.parse import urlsplit
+
+from service.cli.output import say
+
+log = logging.getLogger(__name__)
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the REST API (and, without RTINJURY_BROKER_URL, a worker beside it)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service.api.auth import accepted_hashes
+    from service.config import get_settings
+    from service.main import create_app
+
+    settings = get_settings()
+    logging.config.dictConfig(logging_config("DEBUG" if args.debug else "INFO"))
+    app = create_app(settings)
+    worker = _start_worker(settings) if settings.embedded else None
+    say(f"rtinjury API on http://{args.host}:{args.port} (OpenAPI at /docs); storage {settings.storage_root}")
+    if worker is not None:
+        say(f"worker: embedded (pid {worker.pid}), queue under the storage root")
+    else:
+        say(f"worker: external, via the broker at {_redacted(settings.broker_url or '')}")
+    if not accepted_hashes(settings):
+        say("warning: no API key configured, every /v1 route answers 401; see `rtinjury keys new`")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_config=None, proxy_headers=False)
+    finally:
+        if worker is not None:
+            from worker.celery.embedded import stop_embedded_worker
+
+            stop_embedded_worker(worker)
+    return 0
+
+
+def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
+    from worker.celery.embedded import start_embedded_worker
+
+    return start_embedded_worker(settings)
+
+
+def _redacted(url: str) -> str:
+    """The broker URL without its user and password."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def logging_config(level: str) -> dict[str, Any]:
+    """Log lines on stderr carrying the request id (``-`` outside a request)."""
+    handler = {
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+        "formatter": "plain",
+        "filters": ["request_id"],
+    }
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "service.api.middleware.RequestIdLogFilter"}},
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
+        },
+        "handlers": {"stderr": handler},
+        "loggers": {
+            "uvicorn": {"level": "INFO"},
+            "uvicorn.access": {"level": "INFO"},
+        },
+        "root": {"level": level, "handlers": ["stderr"]},
+    }
