@@ -7,6 +7,8 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from models.synth import write_synthetic_patients
+
 #: Real public DICOM-RT files (see each folder's SOURCE.md); shared/ sits beside the clone.
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -18,3 +20,16 @@ def _strict_pydicom():
     pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
     yield
     pydicom.config.settings.reading_validation_mode = previous
+
+
+@pytest.fixture(scope="session")
+def orn_patient(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One ORN patient: planning CT, RTPLAN, RTDOSE, a follow-up CT, ground-truth SEG, case.json."""
+    return write_synthetic_patients(tmp_path_factory.mktemp("orn"), task="orn", cases=1, seed=9100)[0]
+
+
+@pytest.fixture(scope="session")
+def two_followup_patient(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_synthetic_patients(
+        tmp_path_factory.mktemp("two"), task="orn", cases=1, seed=9101, followups=2
+    )[0]
