@@ -1,0 +1,136 @@
+"""An app on a temporary storage root with the real dispatcher (embedded: Celery's file-system
+queue, no worker, so queued messages just wait), one API key, and real DICOM patients."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pydicom
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from kombu.exceptions import OperationalError
+
+from models.synth import write_synthetic_patients
+from service.config import Settings
+from service.main import create_app
+from tests.patients import write_patient
+
+API_KEY = "test-key-0123456789abcdefghij"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def zip_folders(*folders: Path, extra: dict[str, bytes] | None = None) -> bytes:
+    """A zip of the folders' files (each under its folder's name), plus ``extra`` entries."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for folder in folders:
+            for path in sorted(folder.rglob("*")):
+                if path.is_file():
+                    archive.write(path, f"{folder.name}/{path.relative_to(folder)}")
+        for name, data in (extra or {}).items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _no_site_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tests' settings are theirs alone: no RTINJURY_* of the machine (a broker URL …)."""
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("RTINJURY_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(storage_root=tmp_path / "storage", api_key=API_KEY)
+
+
+@pytest.fixture
+def app(settings: Settings) -> FastAPI:
+    return create_app(settings)
+
+
+@pytest.fixture
+def client(app: FastAPI) -> Iterator[TestClient]:
+    with TestClient(app) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def synthetic_patient(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic ORN patient (planning CT, RTPLAN, RTDOSE, follow-up CT, ground truth)."""
+    return write_synthetic_patients(tmp_path_factory.mktemp("synth"), task="orn", cases=1, seed=9100)[0]
+
+
+@pytest.fixture(scope="session")
+def synthetic_zip(synthetic_patient: Path) -> bytes:
+    return zip_folders(synthetic_patient)
+
+
+@pytest.fixture(scope="session")
+def small_patients(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Small test patients (a few slices each): enough for the checks before queueing."""
+    root = tmp_path_factory.mktemp("small")
+    return {
+        "first": write_patient(root / "first", patient_id="PAT001").root,
+        "second": write_patient(root / "second", patient_id="PAT002").root,
+    }
+
+
+@pytest.fixture(scope="session")
+def dose_elsewhere_zip(synthetic_patient: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The synthetic patient with its RTDOSE moved to another frame of reference."""
+    copy = tmp_path_factory.mktemp("dose-elsewhere") / synthetic_patient.name
+    shutil.copytree(synthetic_patient, copy)
+    doses = [p for p in copy.rglob("*") if p.is_file() and _modality(p) == "RTDOSE"]
+    assert doses, "the synthetic patient has an RTDOSE"
+    for path in doses:
+        dataset = pydicom.dcmread(path)
+        dataset.FrameOfReferenceUID = pydicom.uid.generate_uid(entropy_srcs=["dose-elsewhere"])
+        dataset.save_as(path, enforce_file_format=True)
+    return zip_folders(copy)
+
+
+def _modality(path: Path) -> str | None:
+    if not pydicom.misc.is_dicom(path):  # case.json and the like
+        return None
+    return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).Modality)
+
+
+def upload(
+    client: TestClient,
+    body: bytes,
+    *,
+    name: str = "study.zip",
+    headers: dict[str, str] | None = None,
+    **fields: str,
+) -> httpx.Response:
+    """``POST /v1/jobs`` with one file part and form fields, as curl -F does."""
+    return client.post(
+        "/v1/jobs",
+        files=[("files", (name, body, "application/octet-stream"))],
+        data=fields,
+        headers=AUTH if headers is None else headers,
+    )
+
+
+class BrokerDown:
+    """The queue side only: a broker that refuses every message (the real client takes ~20 s
+    of retries to give up on a closed Redis port, too slow for this suite)."""
+
+    def submit(self, job_id: str) -> str:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def submit_refine(self, job_id: str, clicks: object) -> str:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    def ping(self, timeout: float = 2.0) -> str | None:
+        return "the broker does not answer (OperationalError)"

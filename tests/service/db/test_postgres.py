@@ -1,0 +1,56 @@
+"""The same records on PostgreSQL, when one answers (the project's machines run one locally).
+
+Set ``RTINJURY_TEST_POSTGRES_URL`` to a server URL whose user may create databases; by default
+the local server's socket is tried as ``postgres``, and the tests are skipped when it is absent.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+
+from service.db import Database, JobRecord
+from tests.service.db.test_records import job_record
+
+SERVER_URL = os.environ.get(
+    "RTINJURY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@/postgres?host=/var/run/postgresql"
+)
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh database on the server, dropped afterwards."""
+    admin = create_engine(SERVER_URL, isolation_level="AUTOCOMMIT")
+    name = f"rtinjury_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:
+        admin.dispose()
+        pytest.skip(f"no PostgreSQL server to test with ({type(error).__name__})")
+    try:
+        yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_records_survive_a_restart_on_postgresql(postgres_url: str) -> None:
+    first = Database(postgres_url)
+    assert first.problem() is None
+    with first.session() as session:
+        session.add(job_record("d" * 32))
+        session.commit()
+    first.dispose()
+
+    reopened = Database(postgres_url)
+    with reopened.session() as session:
+        record = session.get(JobRecord, "d" * 32)
+        assert record is not None and record.spec == {"task": "orn", "tau": 0.8}
+        assert record.created_at.tzinfo is not None
+    reopened.dispose()
