@@ -20,7 +20,7 @@ from models.prompt_text import ClinicalContext, text_prompt
 from worker.jobs import handoff
 from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
-from worker.jobs.selection import select_case
+from worker.jobs.selection import case_files, select_case
 from worker.jobs.spec import ClickSpec, JobSpec, read_spec
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
@@ -65,7 +65,8 @@ def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporte
 
 def _clinical_context(folder: JobFolder, spec: JobSpec, case: Case, data: CaseData) -> ClinicalContext:
     """What the request states, over a ``case.json`` among the inputs, over the DICOM headers."""
-    site = read_case_file(folder.inputs) if folder.inputs.is_dir() else None
+    found = case_files(folder)
+    site = read_case_file(found[0].parent) if found else None
     stated = spec.case_file()
     return ClinicalContext.from_mapping(stated["clinical"], stated["demographics"]).merged_over(
         case_context(case, data, site)

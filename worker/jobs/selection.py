@@ -38,6 +38,13 @@ class SelectedCase:
         }
 
 
+def case_files(folder: JobFolder) -> list[Path]:
+    """The ``case.json`` files among the inputs (a zip may put one a folder down), shallowest first."""
+    if not folder.inputs.is_dir():
+        return []
+    return sorted(folder.inputs.rglob(CASE_FILE), key=lambda path: (len(path.parts), path))
+
+
 def select_case(folder: JobFolder, spec: JobSpec, rules_path: Path | None = None) -> SelectedCase:
     """The one case of ``folder``'s inputs that ``spec`` names.
 
@@ -68,8 +75,8 @@ def select_case(folder: JobFolder, spec: JobSpec, rules_path: Path | None = None
             "(or send one follow-up per job)"
         )
     notes = list(assembly.ignored)
-    # A case.json beside the files holds clinical fields (read by the prepare stage), not images.
-    not_dicom = assembly.not_dicom - int((folder.inputs / CASE_FILE).is_file())
+    # A case.json among the files holds clinical fields (read by the prepare stage), not images.
+    not_dicom = assembly.not_dicom - len(case_files(folder))
     if not_dicom > 0:
         notes.append(f"{not_dicom} file(s) that are not DICOM were ignored")
     return SelectedCase(candidates[0], notes)

@@ -133,3 +133,18 @@ def test_a_case_without_dose_fails_with_the_reason(
     assert status.error is not None and status.error.code == "invalid-study"
     assert "dose" in status.error.message.lower()
     assert not any(folder.outputs.iterdir())
+
+
+def test_the_text_prompt_layers_request_over_case_file_over_headers(
+    orn_patient: Path, tmp_path: Path
+) -> None:
+    from worker.jobs.spec import ClinicalFields
+
+    case_file = json.loads((orn_patient / "case.json").read_text())
+    spec = JobSpec(clinical_text="Jaw pain.", clinical=ClinicalFields(months_since_rt=99))
+    folder = new_job(tmp_path, orn_patient, spec)
+    pipeline.prepare(folder, WorkerSettings(storage_root=tmp_path), StatusReporter(folder))
+    prompt = handoff.prepared_facts(folder.work)["text_prompt"]
+    assert "ended 99 months ago" in prompt  # the request wins over case.json
+    assert f"{case_file['clinical']['diagnosis']}" in prompt  # case.json fills what the request left out
+    assert prompt.endswith("Jaw pain.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pydicom
@@ -10,8 +11,8 @@ import pytest
 from tests.worker.jobs.conftest import new_job
 from worker.errors import AssemblyError, InputError
 from worker.jobs.folder import JobFolder
-from worker.jobs.selection import select_case
-from worker.jobs.spec import JobSpec
+from worker.jobs.selection import case_files, select_case
+from worker.jobs.spec import JobSpec, write_spec
 
 
 def _followup_uids(folder: JobFolder) -> list[str]:
@@ -70,3 +71,11 @@ def _cases(folder: JobFolder) -> list:
     from worker.stages.assemble.case import assemble_cases
 
     return assemble_cases(folder.inputs, folder.work / "unpacked").cases
+
+
+def test_a_case_file_a_folder_down_is_not_a_stray_file(orn_patient: Path, tmp_path: Path) -> None:
+    folder = JobFolder.under(tmp_path, "3" * 32).create()
+    shutil.copytree(orn_patient, folder.inputs / orn_patient.name)  # as a zip of the folder unpacks
+    write_spec(JobSpec(), folder.spec_path)
+    assert select_case(folder, JobSpec()).notes == []
+    assert case_files(folder) == [folder.inputs / orn_patient.name / "case.json"]
