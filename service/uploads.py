@@ -132,6 +132,7 @@ class _PartReceiver:
         self._fields = 0
         #: Parts whose data must be written (and, when ended, closed) by the next flush.
         self._pending: list[tuple[_Part, bool]] = []
+        self._files: list[_Part] = []
 
     def callbacks(self) -> MultipartCallbacks:
         return {
@@ -182,6 +183,7 @@ class _PartReceiver:
             )
         self.part.file_path = self.inputs / f"upload-{number:05d}.dcm"
         self.upload.files.append(self.part.file_path)
+        self._files.append(self.part)
 
     def _on_part_data(self, data: bytes, start: int, end: int) -> None:
         self.part.data += data[start:end]
@@ -209,8 +211,10 @@ class _PartReceiver:
             await anyio.to_thread.run_sync(_write_part, part, ended)
 
     async def close(self) -> None:
-        if self.part.handle is not None:
-            await anyio.to_thread.run_sync(self.part.handle.close)
+        """Close what a failure left open (a finished upload has closed every file already)."""
+        for part in self._files:
+            if part.handle is not None:
+                await anyio.to_thread.run_sync(part.handle.close)
 
 
 def _write_part(part: _Part, ended: bool) -> None:

@@ -8,6 +8,7 @@ a job (its ``status.json`` and outputs) is written here as the worker writes it.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -253,3 +254,20 @@ def test_a_refinement_the_broker_refuses_leaves_the_job_as_it_was(
     shown = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
     assert (shown["state"], shown["refinements"]) == ("succeeded", 0)
     assert read_status(folder_of(settings, job_id).status_path).state is JobState.SUCCEEDED
+
+
+def test_large_parts_are_stored_byte_for_byte_and_stray_files_become_warnings(
+    client: TestClient, settings: Settings, small_patients: dict[str, Path]
+) -> None:
+    stray = os.urandom(3 * 1024 * 1024 + 17)  # several write blocks, not a multiple of one
+    files = [
+        ("files", ("study.zip", zip_folders(small_patients["first"]), "application/zip")),
+        ("files", ("scan notes.bin", stray, "application/octet-stream")),
+    ]
+    response = client.post("/v1/jobs", files=files, headers=AUTH)
+
+    assert response.status_code == 202, response.text
+    job = response.json()
+    inputs = folder_of(settings, job["id"]).inputs
+    assert (inputs / "upload-00002.dcm").read_bytes() == stray
+    assert "1 file(s) that are not DICOM were ignored" in job["warnings"]
