@@ -234,7 +234,11 @@ def refresh(session: Session, settings: Settings, metrics: ServiceMetrics, recor
     """Copy the worker's status into the record; stage durations go to the histogram once each."""
     if record.finished_at is not None or record.deleted:
         return
-    status = read_status(JobFolder.under(settings.storage_root, record.id).status_path)
+    path = JobFolder.under(settings.storage_root, record.id).status_path
+    if not path.is_file():
+        # A folder lost from storage must not turn the record back into a fresh queued job.
+        return
+    status = read_status(path)
     stored = status.model_dump(mode="json")
     if stored == record.status:
         return

@@ -271,3 +271,16 @@ def test_large_parts_are_stored_byte_for_byte_and_stray_files_become_warnings(
     inputs = folder_of(settings, job["id"]).inputs
     assert (inputs / "upload-00002.dcm").read_bytes() == stray
     assert "1 file(s) that are not DICOM were ignored" in job["warnings"]
+
+
+def test_a_job_whose_folder_is_gone_keeps_its_record(
+    client: TestClient, settings: Settings, job: dict[str, object]
+) -> None:
+    job_id = str(job["id"])
+    write_status(
+        JobStatus(state=JobState.RUNNING, stage="dose", progress=55), folder_of(settings, job_id).status_path
+    )
+    assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["stage"] == "dose"
+    folder_of(settings, job_id).remove()
+    shown = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
+    assert (shown["state"], shown["stage"], shown["progress"]) == ("running", "dose", 55)
