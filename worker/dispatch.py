@@ -10,7 +10,7 @@ import threading
 
 from celery import Celery, chain
 
-from worker.celery.app import EXPORT, INFER, PREPARE, REFINE, create_celery_app
+from worker.celery.app import EXPORT, INFER, PREPARE, REFINE, create_celery_app, ensure_queue_folders
 from worker.jobs.spec import ClickSpec
 from worker.settings import WorkerSettings
 
@@ -18,6 +18,7 @@ from worker.settings import WorkerSettings
 class Dispatcher:
     def __init__(self, settings: WorkerSettings) -> None:
         self.settings = settings
+        ensure_queue_folders(settings)
         self.app: Celery = create_celery_app(settings)
 
     def submit(self, job_id: str) -> str:

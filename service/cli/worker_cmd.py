@@ -33,8 +33,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"unknown queue(s) {', '.join(unknown) or '(none)'}; choose from cpu, gpu")
     if args.concurrency < 1:
         raise InputError("--concurrency must be at least 1")
+    from worker.celery.app import ensure_queue_folders
     from worker.celery.embedded import worker_argv
     from worker.celery.tasks import app
+    from worker.settings import get_worker_settings
+
+    ensure_queue_folders(get_worker_settings())
 
     app.worker_main(
         worker_argv(queues, pool=args.pool, concurrency=args.concurrency, loglevel=args.loglevel)[1:]

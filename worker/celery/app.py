@@ -65,12 +65,19 @@ def queue_folders(settings: WorkerSettings) -> dict[str, Path]:
     return {"messages": root / "messages", "control": root / "control", "results": root / "results.db"}
 
 
+def ensure_queue_folders(settings: WorkerSettings) -> None:
+    """Create the embedded transport's folders (senders and workers call this before they start;
+    merely importing the app creates nothing)."""
+    if settings.embedded:
+        folders = queue_folders(settings)
+        folders["messages"].mkdir(parents=True, exist_ok=True)
+        folders["control"].mkdir(parents=True, exist_ok=True)
+
+
 def _transport(settings: WorkerSettings) -> tuple[str, str]:
     if settings.broker_url:
         return settings.broker_url, settings.result_backend or settings.broker_url
     folders = queue_folders(settings)
-    for name in ("messages", "control"):
-        folders[name].mkdir(parents=True, exist_ok=True)
     backend = settings.result_backend or f"db+sqlite:///{folders['results'].resolve()}"
     return "filesystem://", backend
 

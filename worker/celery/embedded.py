@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from worker.celery.app import CPU_QUEUE, GPU_QUEUE
+from worker.celery.app import CPU_QUEUE, GPU_QUEUE, ensure_queue_folders
 from worker.settings import WorkerSettings
 
 ALL_QUEUES = (CPU_QUEUE, GPU_QUEUE)
@@ -46,6 +46,7 @@ def settings_environment(settings: WorkerSettings) -> dict[str, str]:
 def start_embedded_worker(settings: WorkerSettings, *, loglevel: str = "WARNING") -> subprocess.Popen[bytes]:
     """A worker for both queues in a child process (solo pool: one job at a time, no fork after
     torch). Its output goes to this process's stderr."""
+    ensure_queue_folders(settings)
     env = {**os.environ, **settings_environment(settings)}
     argv = worker_argv(ALL_QUEUES, pool="solo", concurrency=1, loglevel=loglevel)
     return subprocess.Popen([sys.executable, "-m", "celery", *argv], env=env)
