@@ -23,6 +23,8 @@ INFER = "rtinjury.infer"
 EXPORT = "rtinjury.export"
 REFINE = "rtinjury.refine"
 TASK_QUEUES = {PREPARE: CPU_QUEUE, EXPORT: CPU_QUEUE, INFER: GPU_QUEUE, REFINE: GPU_QUEUE}
+#: Retries of a send (and of a result-store write) before it fails: about 2 s in all.
+PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 
 
 class CeleryConfig:
@@ -48,6 +50,10 @@ class CeleryConfig:
         self.result_extended = True
         self.result_expires = 7 * 24 * 3600
         self.broker_connection_retry_on_startup = True
+        # A sender (the API) must fail fast when Redis is down: a client waits for its 503.
+        self.task_publish_retry_policy = PUBLISH_RETRY_POLICY
+        self.redis_socket_connect_timeout = 2
+        self.result_backend_transport_options = {"retry_policy": PUBLISH_RETRY_POLICY}
         self.worker_hijack_root_logger = False
         self.worker_send_task_events = True
         self.timezone = "UTC"
@@ -86,7 +92,7 @@ def _transport_options(settings: WorkerSettings) -> dict[str, Any]:
     if settings.broker_url:
         # Redis: a message not acknowledged within this time is delivered again; it must exceed
         # the longest stage, or a slow stage would run twice.
-        return {"visibility_timeout": settings.task_soft_time_limit_s + 600}
+        return {"visibility_timeout": settings.task_soft_time_limit_s + 600, "socket_connect_timeout": 2}
     folders = queue_folders(settings)
     messages = str(folders["messages"].resolve())
     return {

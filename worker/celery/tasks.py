@@ -21,7 +21,7 @@ from worker.celery.app import EXPORT, INFER, PREPARE, REFINE, create_celery_app
 from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
 from worker.jobs.spec import ClickSpec
-from worker.jobs.status import JobStatus
+from worker.jobs.status import JobState, JobStatus, read_status, write_status
 from worker.settings import WorkerSettings, get_worker_settings
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,26 @@ def refine_task(self: Task, job_id: str, clicks: list[dict[str, Any]]) -> str:
     def body(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
         pipeline.refine(folder, get_runtime(settings), parsed, reporter)
 
-    return run_stage(self, job_id, body)
+    try:
+        return run_stage(self, job_id, body)
+    except Exception:
+        _keep_results_before_refinement(job_id)
+        raise
+
+
+def _keep_results_before_refinement(job_id: str) -> None:
+    """A failed refinement leaves the job as it was: succeeded, with the outputs it had (nothing
+    was replaced), and a warning that says why the clicks were not applied."""
+    folder = JobFolder.under(get_worker_settings().storage_root, job_id)
+    status = read_status(folder.status_path)
+    if status.state is not JobState.FAILED or status.error is None:
+        return  # a transient fault that will be retried
+    status.warnings.append(
+        f"refinement {status.refinements} failed ({status.error.code}: {status.error.message}); "
+        "the results are those from before it"
+    )
+    status.state, status.stage, status.progress, status.error = JobState.SUCCEEDED, None, 100, None
+    write_status(status, folder.status_path)
 
 
 @app.task(name=EXPORT, bind=True, base=JobStageTask)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.files import write_atomically
-from worker.errors import InputError
+from worker.errors import StageError
 from worker.stages.prompts import DEFAULT_TAU
 
 Task = Literal["orn", "ce", "crn"]
@@ -77,4 +77,7 @@ def read_spec(path: Path) -> JobSpec:
     try:
         return JobSpec.model_validate(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, ValidationError) as error:
-        raise InputError(f"the job's spec.json cannot be read ({type(error).__name__})") from None
+        # Written by us before the job was queued: a missing or broken one is our fault.
+        raise StageError(
+            f"the job's spec.json cannot be read ({type(error).__name__})", code="broken-job"
+        ) from None

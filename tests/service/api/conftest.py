@@ -14,12 +14,13 @@ import pydicom
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from kombu.exceptions import OperationalError
 
 from models.synth import write_synthetic_patients
 from service.config import Settings
 from service.main import create_app
 from tests.patients import write_patient
+from worker.dispatch import Dispatcher
+from worker.settings import WorkerSettings
 
 API_KEY = "test-key-0123456789abcdefghij"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -122,15 +123,10 @@ def upload(
     )
 
 
-class BrokerDown:
-    """The queue side only: a broker that refuses every message (the real client takes ~20 s
-    of retries to give up on a closed Redis port, too slow for this suite)."""
+#: A Redis URL where nothing listens: the real dispatcher gives up on it in about a second.
+CLOSED_BROKER = "redis://127.0.0.1:1/0"
 
-    def submit(self, job_id: str) -> str:
-        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
 
-    def submit_refine(self, job_id: str, clicks: object) -> str:
-        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
-
-    def ping(self, timeout: float = 2.0) -> str | None:
-        return "the broker does not answer (OperationalError)"
+def broker_down() -> Dispatcher:
+    """The real dispatcher, its broker down (failure injected by configuration, not by a fake)."""
+    return Dispatcher(WorkerSettings(broker_url=CLOSED_BROKER))

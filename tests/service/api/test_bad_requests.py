@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from service.api.deps import get_dispatcher
 from service.config import Settings
-from tests.service.api.conftest import API_KEY, AUTH, BrokerDown, upload, zip_folders
+from tests.service.api.conftest import API_KEY, AUTH, broker_down, upload, zip_folders
 from worker.jobs.folder import JobFolder
 
 
@@ -194,7 +194,7 @@ def test_a_truncated_multipart_body_is_400(client: TestClient) -> None:
 def test_a_broker_that_is_down_is_503_and_keeps_nothing(
     client: TestClient, app: FastAPI, small_patients: dict[str, Path]
 ) -> None:
-    app.dependency_overrides[get_dispatcher] = BrokerDown
+    app.dependency_overrides[get_dispatcher] = broker_down
     try:
         response = upload(client, zip_folders(small_patients["first"]))
     finally:

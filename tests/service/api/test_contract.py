@@ -16,7 +16,7 @@ from service.api.deps import get_dispatcher
 from service.api.middleware import REQUEST_ID, RequestIdLogFilter
 from service.config import Settings
 from service.main import create_app
-from tests.service.api.conftest import AUTH
+from tests.service.api.conftest import AUTH, broker_down
 
 OPEN_ROUTES = {"/healthz", "/readyz"}
 
@@ -150,7 +150,7 @@ def test_readiness_is_503_with_reasons(settings: Settings) -> None:
     settings.storage_root.write_text("a file where the storage folder should be")
     # The default database lives under the storage root, which is now a file: neither works.
     app = create_app(settings)
-    app.dependency_overrides[get_dispatcher] = lambda: _BrokerDown()
+    app.dependency_overrides[get_dispatcher] = broker_down
     with TestClient(app) as client:
         response = client.get("/readyz")
     assert response.status_code == 503
@@ -158,11 +158,6 @@ def test_readiness_is_503_with_reasons(settings: Settings) -> None:
     assert response.json()["status"] == "unavailable"
     assert not checks["database"]["ok"] and not checks["storage"]["ok"] and not checks["broker"]["ok"]
     assert "broker" in checks["broker"]["detail"]
-
-
-class _BrokerDown:
-    def ping(self, timeout: float = 2.0) -> str | None:
-        return "the broker does not answer (OperationalError)"
 
 
 def test_metrics_count_requests_by_route_template(client: TestClient) -> None:

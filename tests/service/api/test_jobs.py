@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from service.api.deps import get_dispatcher
 from service.config import Settings
 from service.db import Database, JobRecord
-from tests.service.api.conftest import AUTH, BrokerDown, upload, zip_folders
+from tests.service.api.conftest import AUTH, broker_down, upload, zip_folders
 from worker.celery.app import queue_folders
 from worker.jobs.folder import JobFolder
 from worker.jobs.status import JobError, JobState, JobStatus, read_status, write_status
@@ -245,7 +245,7 @@ def test_a_refinement_the_broker_refuses_leaves_the_job_as_it_was(
 ) -> None:
     job_id = str(job["id"])
     finish(settings, job_id)
-    app.dependency_overrides[get_dispatcher] = BrokerDown
+    app.dependency_overrides[get_dispatcher] = broker_down
     clicks = {"clicks": [{"point_mm": [1.0, 2.0, 3.0], "positive": False}]}
     response = client.post(f"/v1/jobs/{job_id}/refine", json=clicks, headers=AUTH)
     app.dependency_overrides.clear()

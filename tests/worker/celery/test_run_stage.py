@@ -12,6 +12,7 @@ from worker.celery.tasks import StageBody
 from worker.errors import DoseError
 from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
+from worker.jobs.spec import JobSpec, write_spec
 from worker.jobs.status import JobState, JobStatus, read_status, write_status
 from worker.settings import WorkerSettings, get_worker_settings
 
@@ -82,3 +83,22 @@ def test_the_tasks_retry_transient_faults_only() -> None:
         assert tuple(task.autoretry_for) == TRANSIENT_ERRORS
         assert task.max_retries == 3 and task.acks_late
     assert not any(issubclass(DoseError, kind) for kind in TRANSIENT_ERRORS)
+
+
+def test_a_failed_refinement_keeps_the_job_and_its_results(folder: JobFolder) -> None:
+    from worker.celery.tasks import refine_task
+
+    write_spec(JobSpec(), folder.spec_path)
+    write_status(JobStatus(stage="refine", refinements=2, timings_s={"infer": 1.0}), folder.status_path)
+    folder.output("seg").write_bytes(b"the SEG from before")
+    # No embedding was saved for this job: the refinement cannot run.
+    with pytest.raises(FileNotFoundError):
+        refine_task.run(JOB_ID, [{"point_mm": [0, 0, 0], "positive": True}])
+    status = read_status(folder.status_path)
+    assert status.state is JobState.SUCCEEDED and status.error is None
+    assert status.refinements == 2 and status.timings_s["infer"] == 1.0
+    assert status.warnings == [
+        "refinement 2 failed (internal-error: the job failed in the worker (FileNotFoundError); "
+        "see the worker log); the results are those from before it"
+    ]
+    assert folder.output("seg").read_bytes() == b"the SEG from before"
