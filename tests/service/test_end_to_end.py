@@ -8,13 +8,11 @@ refined with a click and deleted.
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +23,7 @@ import pytest
 import redis
 
 from tests.conftest import SHARED_DATA
+from tests.service.api.conftest import zip_folders
 
 pytestmark = [pytest.mark.slow, pytest.mark.tools]
 
@@ -103,15 +102,6 @@ def _wait_for_health(url: str, processes: list[subprocess.Popen[bytes]], root: P
     pytest.fail("the API did not answer /healthz within 90 s")
 
 
-def _zip(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
 def _follow(client: httpx.Client, job_id: str, timeout_s: float = 300) -> tuple[dict, list[str], list[int]]:
     """Poll the job as a client does; the last answer, the stages seen and the progress seen."""
     stages: list[str] = []
@@ -136,7 +126,7 @@ def test_a_zip_goes_through_every_stage_and_comes_back_as_valid_dicom(
     with httpx.Client(base_url=service.url, headers=AUTH, timeout=60) as client:
         created = client.post(
             "/v1/jobs",
-            files=[("files", ("patient.zip", _zip(orn_patient), "application/zip"))],
+            files=[("files", ("patient.zip", zip_folders(orn_patient), "application/zip"))],
             data={"task": "orn", "clinical_text": "mandibular pain", "clinical": '{"months_since_rt": 14}'},
         )
         assert created.status_code == 202, created.text

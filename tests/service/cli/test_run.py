@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import zipfile
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from tests.service.api.conftest import zip_folders
 from tests.service.cli.runner import rtinjury
 
 pytestmark = pytest.mark.slow
@@ -17,16 +17,9 @@ pytestmark = pytest.mark.slow
 OUTPUTS = {"seg.dcm", "rtstruct.dcm", "sr.dcm", "report.json", "preview.png"}
 
 
-def _zip_folder(folder: Path, archive: Path) -> Path:
-    with zipfile.ZipFile(archive, "w") as zipped:
-        for path in folder.rglob("*"):
-            if path.is_file():
-                zipped.write(path, path.relative_to(folder).as_posix())
-    return archive
-
-
 def test_run_on_a_zip_writes_every_output_and_reports_each_stage(orn_patient: Path, tmp_path: Path) -> None:
-    archive = _zip_folder(orn_patient, tmp_path / "patient.zip")
+    archive = tmp_path / "patient.zip"
+    archive.write_bytes(zip_folders(orn_patient))
     out = tmp_path / "out"
     done = rtinjury("run", str(archive), "--out", str(out), "--clinical-text", "mandible pain")
     assert done.returncode == 0, done.stderr

@@ -1,7 +1,7 @@
-"""The same records on PostgreSQL, when one answers (the project's machines run one locally).
+"""The same records on a real PostgreSQL (the project's machines run one; ``.ci/run`` starts one).
 
 Set ``RTINJURY_TEST_POSTGRES_URL`` to a server URL whose user may create databases; by default
-the local server's socket is tried as ``postgres``, and the tests are skipped when it is absent.
+the local server's socket is used as ``postgres``. No server is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ def postgres_url() -> Iterator[str]:
             connection.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as error:
         admin.dispose()
-        pytest.skip(f"no PostgreSQL server to test with ({type(error).__name__})")
+        pytest.fail(
+            f"no PostgreSQL server to test with ({type(error).__name__}); .ci/run starts one, "
+            "or set RTINJURY_TEST_POSTGRES_URL",
+            pytrace=False,
+        )
     try:
         yield make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
     finally:
