@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import SimpleITK as sitk
 
 from models.errors import CodedError, ModelError
 from models.predictor import Predictor
@@ -31,6 +34,7 @@ from worker.stages.export.report import Report
 from worker.stages.export.stage import ExportInputs, export_results
 from worker.stages.infer import InferenceOptions, InferenceResult, decode_lesion, infer_lesion
 from worker.stages.prepare import prepare_case
+from worker.stages.prompts import HighDoseRegion
 from worker.stages.read.case_data import CaseData, read_case
 from worker.stages.read.series import read_image_series
 from worker.stages.register.stage import RegistrationOptions
@@ -38,7 +42,6 @@ from worker.stages.register.stage import RegistrationOptions
 
 def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
     """Everything before the network; leaves the follow-up, the dose on it and the transform."""
-
     spec = read_spec(folder.spec_path)
     reporter.stage("assemble")
     selected = select_case(folder, spec, settings.role_rules)
@@ -73,17 +76,32 @@ def _clinical_context(folder: JobFolder, spec: JobSpec, case: Case, data: CaseDa
     )
 
 
+@dataclass
+class _InferenceInputs:
+    """What the network stages read from the job folder."""
+
+    image: sitk.Image
+    region: HighDoseRegion
+    prompt: str
+    options: InferenceOptions
+
+    @classmethod
+    def load(cls, folder: JobFolder) -> _InferenceInputs:
+        spec = read_spec(folder.spec_path)
+        return cls(
+            handoff.load_followup(folder.work),
+            handoff.load_prepared(folder.work).region,
+            handoff.prepared_facts(folder.work)["text_prompt"],
+            InferenceOptions(spec.options.gate_margin_mm, spec.options.min_component_cc),
+        )
+
+
 def infer(folder: JobFolder, runtime: ModelRuntime, reporter: StatusReporter) -> None:
     """The network on the follow-up, prompted by r's box and the text; saves the embedding."""
-
-    spec = read_spec(folder.spec_path)
     reporter.stage("infer")
-    facts = handoff.prepared_facts(folder.work)
-    image = handoff.load_followup(folder.work)
-    prepared = handoff.load_prepared(folder.work)
-    options = InferenceOptions(spec.options.gate_margin_mm, spec.options.min_component_cc)
-    features = runtime.text_features(facts["text_prompt"])
-    result = infer_lesion(runtime.predictor, image, prepared.region, features, options=options)
+    inputs = _InferenceInputs.load(folder)
+    features = runtime.text_features(inputs.prompt)
+    result = infer_lesion(runtime.predictor, inputs.image, inputs.region, features, options=inputs.options)
     handoff.save_embedding(folder.work, runtime.predictor.state_arrays())
     handoff.save_clicks(folder.work, [])
     _save_inference(folder, runtime, result)
@@ -94,27 +112,28 @@ def refine(
     folder: JobFolder, runtime: ModelRuntime, clicks: list[ClickSpec], reporter: StatusReporter
 ) -> None:
     """The decoder again with every click so far and the last prediction as the mask prompt."""
-
-    spec = read_spec(folder.spec_path)
     reporter.stage("refine")
-    facts = handoff.prepared_facts(folder.work)
-    image = handoff.load_followup(folder.work)
-    prepared = handoff.load_prepared(folder.work)
     predictor = runtime.predictor
     if not isinstance(predictor, Predictor):
         raise ModelError(f"the {runtime.model.model_id} network takes no clicks; it cannot be refined")
+    segmented_by = handoff.inference_facts(folder.work)["model_id"]
+    if segmented_by != runtime.model.model_id:
+        # The saved embedding is that network's: another one's decoder cannot read it.
+        raise ModelError(
+            f"the job was segmented by {segmented_by}; this worker runs {runtime.model.model_id}"
+        )
+    inputs = _InferenceInputs.load(folder)
     predictor.restore_state(handoff.load_embedding(folder.work))
     previous = predictor.prediction_from_low_res(handoff.load_low_res(folder.work))
     all_clicks = [*handoff.load_clicks(folder.work), *clicks]
-    options = InferenceOptions(spec.options.gate_margin_mm, spec.options.min_component_cc)
     result = decode_lesion(
         predictor,
-        image,
-        prepared.region,
-        runtime.text_features(facts["text_prompt"]),
+        inputs.image,
+        inputs.region,
+        runtime.text_features(inputs.prompt),
         clicks=handoff.as_clicks(all_clicks),
         previous=previous,
-        options=options,
+        options=inputs.options,
     )
     handoff.save_clicks(folder.work, all_clicks)
     _save_inference(folder, runtime, result)
@@ -135,7 +154,6 @@ def _save_inference(folder: JobFolder, runtime: ModelRuntime, result: InferenceR
 
 def export(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> Report:
     """Write the outputs; a new set replaces the old one whole (after a refinement, say)."""
-
     spec = read_spec(folder.spec_path)
     reporter.stage("export")
     facts = handoff.prepared_facts(folder.work)

@@ -148,3 +148,16 @@ def test_the_text_prompt_layers_request_over_case_file_over_headers(
     assert "ended 99 months ago" in prompt  # the request wins over case.json
     assert f"{case_file['clinical']['diagnosis']}" in prompt  # case.json fills what the request left out
     assert prompt.endswith("Jaw pain.")
+
+
+def test_a_refinement_on_another_network_is_refused(
+    finished: tuple[JobFolder, list[JobStatus]], runtime: ModelRuntime, tmp_path: Path
+) -> None:
+    from models.errors import ModelError
+
+    folder = JobFolder(tmp_path / "job")
+    shutil.copytree(finished[0].root, folder.root)
+    facts = handoff.inference_facts(folder.work)
+    handoff.write_json(folder.work / handoff.INFERENCE, {**facts, "model_id": "small@000000000000"})
+    with pytest.raises(ModelError, match="segmented by small@000000000000; this worker runs"):
+        pipeline.refine(folder, runtime, [], StatusReporter(folder))
