@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from worker.settings import WorkerSettings
 from worker.stages.assemble.sources import ZipLimits
@@ -19,6 +20,14 @@ KEY_HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Shorter keys are guessable; ``rtinjury keys new`` makes 43-character ones.
 MIN_API_KEY_LENGTH = 16
 _ZIP_DEFAULTS = ZipLimits()
+
+
+class NodePeer(BaseModel):
+    """A DICOM peer allowed to open associations with the node: its AE title and host."""
+
+    ae_title: str = Field(min_length=1, max_length=16, pattern=r"^[\x20-\x5b\x5d-\x7e]+$")
+    #: IP address (or host name, resolved when the node starts) the peer connects from.
+    host: str = Field(min_length=1, max_length=253)
 
 
 class Settings(WorkerSettings):
@@ -39,6 +48,26 @@ class Settings(WorkerSettings):
     zip_max_unpacked_bytes: int = Field(default=_ZIP_DEFAULTS.max_total_bytes, ge=1024)
     #: Highest compression ratio accepted before an archive counts as a zip bomb.
     zip_max_ratio: float = Field(default=_ZIP_DEFAULTS.max_ratio, gt=1)
+
+    #: The DICOM node (``rtinjury node``): its AE title, where it listens, who may call it.
+    node_ae_title: str = Field(default="RTINJURY", min_length=1, max_length=16)
+    node_host: str = "127.0.0.1"
+    node_port: int = Field(default=11112, ge=1, le=65535)
+    #: Callers allowed to store (JSON list of {"ae_title", "host"}); empty refuses everyone.
+    node_peers: list[NodePeer] = Field(default_factory=list)
+    #: A patient's study counts as complete this long after the last released association.
+    node_quiet_period_s: float = Field(default=30.0, ge=0)
+    node_max_associations: int = Field(default=10, ge=1, le=1000)
+    #: Largest PDU the node accepts (bytes); 0 means unlimited.
+    node_max_pdu: int = Field(default=262_144, ge=0)
+    #: Seconds without traffic before the node drops an association (one that never releases).
+    node_network_timeout_s: float = Field(default=60.0, gt=0)
+    #: Refuse instances (DIMSE "out of resources") when less than this is free on the storage root.
+    node_min_free_bytes: int = Field(default=1024**3, ge=0)
+    #: Refuse instances beyond this many per patient that no job has used yet.
+    node_max_pending_instances: int = Field(default=20_000, ge=1)
+    #: Routing rules and result destinations (YAML); unset means the packaged defaults.
+    node_routes: Path | None = None
 
     @field_validator("api_key_hashes")
     @classmethod
