@@ -49,8 +49,8 @@ class Settings(WorkerSettings):
     #: Highest compression ratio accepted before an archive counts as a zip bomb.
     zip_max_ratio: float = Field(default=_ZIP_DEFAULTS.max_ratio, gt=1)
 
-    #: The DICOM node (``rtinjury node``): its AE title, where it listens, who may call it.
-    node_ae_title: str = Field(default="RTINJURY", min_length=1, max_length=16)
+    #: The DICOM node (``rtinjury node``; its AE title is a worker setting): where it listens, who
+    #: may call it.
     node_host: str = "127.0.0.1"
     node_port: int = Field(default=11112, ge=1, le=65535)
     #: Callers allowed to store (JSON list of {"ae_title", "host"}); empty refuses everyone.

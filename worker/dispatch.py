@@ -10,7 +10,7 @@ import threading
 
 from celery import Celery, chain
 
-from worker.celery.app import EXPORT, INFER, PREPARE, REFINE, create_celery_app, ensure_queue_folders
+from worker.celery.app import DELIVER, EXPORT, INFER, PREPARE, REFINE, create_celery_app, ensure_queue_folders
 from worker.jobs.spec import ClickSpec
 from worker.settings import WorkerSettings
 
@@ -21,19 +21,27 @@ class Dispatcher:
         ensure_queue_folders(settings)
         self.app: Celery = create_celery_app(settings)
 
-    def submit(self, job_id: str) -> str:
-        """Queue the whole pipeline of ``job_id``; returns the Celery id of its last task."""
-        pipeline = chain(
+    def submit(self, job_id: str, *, deliver: bool = False) -> str:
+        """Queue the whole pipeline of ``job_id`` (then sending its results to the job's
+        destinations when ``deliver``); returns the Celery id of the last task."""
+        stages = [
             self.app.signature(PREPARE, args=(job_id,)),
             self.app.signature(INFER),
             self.app.signature(EXPORT),
-        )
-        return str(pipeline.apply_async().id)
+        ]
+        if deliver:
+            stages.append(self.app.signature(DELIVER))
+        return str(chain(*stages).apply_async().id)
+
+    def submit_delivery(self, job_id: str) -> str:
+        """Queue sending a succeeded job's results again (a resend)."""
+        return str(self.app.signature(DELIVER, args=(job_id,)).apply_async().id)
 
     def submit_refine(self, job_id: str, clicks: list[ClickSpec]) -> str:
         """Queue a refinement of a finished job: the decoder with ``clicks``, then export."""
         payload = [click.model_dump(mode="json") for click in clicks]
         refinement = chain(self.app.signature(REFINE, args=(job_id, payload)), self.app.signature(EXPORT))
+        # Refined results are not sent on their own: a reviewer resends them when satisfied.
         return str(refinement.apply_async().id)
 
     def ping(self, timeout: float = 2.0) -> str | None:

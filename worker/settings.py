@@ -39,6 +39,12 @@ class WorkerSettings(BaseSettings):
     #: A stage that runs longer than this is stopped (soft limit) and the job fails cleanly.
     task_soft_time_limit_s: int = Field(default=1200, ge=10)
 
+    #: Our AE title: the DICOM node's, and the calling AE title when results are sent to a PACS.
+    node_ae_title: str = Field(default="RTINJURY", min_length=1, max_length=16)
+    #: Attempts per destination when sending results (with exponential back-off between them).
+    send_attempts: int = Field(default=3, ge=1, le=20)
+    send_backoff_s: float = Field(default=2.0, ge=0)
+
     @property
     def embedded(self) -> bool:
         return not self.broker_url

@@ -1,6 +1,6 @@
 """The Celery application, configured in one class from the worker settings.
 
-Production: Redis as broker and result backend; queues ``cpu`` (prepare, export) and ``gpu``
+Production: Redis as broker and result backend; queues ``cpu`` (prepare, export, deliver) and ``gpu``
 (infer, refine). Embedded (no broker configured): kombu's file-system transport under the
 storage root and a SQLite result backend, so ``rtinjury serve`` needs no Redis and behaves the
 same (one message per stage, same task names, same payloads).
@@ -22,7 +22,8 @@ PREPARE = "rtinjury.prepare"
 INFER = "rtinjury.infer"
 EXPORT = "rtinjury.export"
 REFINE = "rtinjury.refine"
-TASK_QUEUES = {PREPARE: CPU_QUEUE, EXPORT: CPU_QUEUE, INFER: GPU_QUEUE, REFINE: GPU_QUEUE}
+DELIVER = "rtinjury.deliver"
+TASK_QUEUES = {PREPARE: CPU_QUEUE, EXPORT: CPU_QUEUE, DELIVER: CPU_QUEUE, INFER: GPU_QUEUE, REFINE: GPU_QUEUE}
 #: Retries of a send (and of a result-store write) before it fails: about 2 s in all.
 PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
 

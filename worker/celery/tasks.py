@@ -17,7 +17,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from worker.celery.app import EXPORT, INFER, PREPARE, REFINE, create_celery_app
+from worker.celery.app import DELIVER, EXPORT, INFER, PREPARE, REFINE, create_celery_app
 from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
 from worker.jobs.spec import ClickSpec
@@ -114,23 +114,27 @@ def refine_task(self: Task, job_id: str, clicks: list[dict[str, Any]]) -> str:
     try:
         return run_stage(self, job_id, body)
     except Exception:
-        _keep_results_before_refinement(job_id)
+        status = read_status(_folder(job_id).status_path)
+        _keep_succeeded(job_id, f"refinement {status.refinements}")
         raise
 
 
-def _keep_results_before_refinement(job_id: str) -> None:
-    """A failed refinement leaves the job as it was: succeeded, with the outputs it had (nothing
-    was replaced), and a warning that says why the clicks were not applied."""
-    folder = JobFolder.under(get_worker_settings().storage_root, job_id)
+def _keep_succeeded(job_id: str, what: str) -> None:
+    """A refinement or a delivery that fails leaves a succeeded job succeeded, with the outputs
+    it had (nothing was replaced) and a warning that says what failed and why."""
+    folder = _folder(job_id)
     status = read_status(folder.status_path)
     if status.state is not JobState.FAILED or status.error is None:
         return  # a transient fault that will be retried
     status.warnings.append(
-        f"refinement {status.refinements} failed ({status.error.code}: {status.error.message}); "
-        "the results are those from before it"
+        f"{what} failed ({status.error.code}: {status.error.message}); the job's results are unchanged"
     )
     status.state, status.stage, status.progress, status.error = JobState.SUCCEEDED, None, 100, None
     write_status(status, folder.status_path)
+
+
+def _folder(job_id: str) -> JobFolder:
+    return JobFolder.under(get_worker_settings().storage_root, job_id)
 
 
 @app.task(name=EXPORT, bind=True, base=JobStageTask)
@@ -142,3 +146,15 @@ def export_task(self: Task, job_id: str) -> str:
         reporter.succeeded()
 
     return run_stage(self, job_id, body)
+
+
+@app.task(name=DELIVER, bind=True, base=JobStageTask)
+def deliver_task(self: Task, job_id: str) -> str:
+    """Send a succeeded job's DICOM results to its destinations (after export, or on request)."""
+    from worker.jobs import pipeline
+
+    try:
+        return run_stage(self, job_id, pipeline.deliver)
+    except Exception:
+        _keep_succeeded(job_id, "delivery")
+        raise

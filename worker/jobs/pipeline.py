@@ -25,10 +25,12 @@ from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
 from worker.jobs.selection import case_files, select_case
 from worker.jobs.spec import ClickSpec, JobSpec, read_spec
+from worker.jobs.status import Delivery
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.stages.assemble.case import Case
 from worker.stages.clinical import case_context, read_case_file
+from worker.stages.deliver import SendOptions, send_files
 from worker.stages.export.algorithm import AlgorithmInfo
 from worker.stages.export.report import Report
 from worker.stages.export.stage import ExportInputs, export_results
@@ -189,6 +191,32 @@ def _replace_folder(new: Path, target: Path) -> None:
         target.rename(old)
     new.rename(target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+#: What goes to a DICOM destination (the report and preview stay on the API).
+DELIVERED_OUTPUTS = ("seg", "rtstruct", "sr")
+
+
+def deliver(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+    """Send the DICOM results to every destination of the job; each outcome is recorded in the
+    status (a failed send does not fail the job: its results are there to send again)."""
+    spec = read_spec(folder.spec_path)
+    files = [folder.output(name) for name in DELIVERED_OUTPUTS]
+    options = SendOptions(settings.node_ae_title, settings.send_attempts, settings.send_backoff_s)
+    for destination in spec.destinations:
+        reporter.record_delivery(Delivery(destination=destination.name, state="sending"))
+        result = send_files(files, destination, options)
+        state = "sent" if result.ok else "failed"
+        reporter.record_delivery(
+            Delivery(
+                destination=destination.name,
+                state=state,
+                attempts=result.attempts,
+                sent=result.sent,
+                failed=result.failed,
+                error=result.error,
+            )
+        )
 
 
 def run_job(

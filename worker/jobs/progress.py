@@ -10,7 +10,15 @@ import time
 from collections.abc import Callable
 
 from worker.jobs.folder import JobFolder
-from worker.jobs.status import STAGE_PROGRESS, JobError, JobState, JobStatus, read_status, write_status
+from worker.jobs.status import (
+    STAGE_PROGRESS,
+    Delivery,
+    JobError,
+    JobState,
+    JobStatus,
+    read_status,
+    write_status,
+)
 
 
 class StatusReporter:
@@ -41,6 +49,15 @@ class StatusReporter:
 
     def warn(self, warnings: list[str]) -> None:
         self.status.warnings = list(dict.fromkeys([*self.status.warnings, *warnings]))
+        self._save()
+
+    def record_delivery(self, delivery: Delivery) -> None:
+        """The latest attempt at one destination replaces the earlier one; a failure is a warning
+        too (the job's results are fine, they just did not arrive)."""
+        others = [d for d in self.status.deliveries if d.destination != delivery.destination]
+        self.status.deliveries = [*others, delivery]
+        if delivery.state == "failed":
+            self.status.warnings.append(f"results not delivered to {delivery.destination}: {delivery.error}")
         self._save()
 
     def succeeded(self) -> None:

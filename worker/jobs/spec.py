@@ -46,6 +46,15 @@ class JobOptions(_Strict):
     deformable: bool | None = None
 
 
+class Destination(_Strict):
+    """A DICOM peer that receives the job's SEG, RTSTRUCT and SR (C-STORE)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    ae_title: str = Field(min_length=1, max_length=16)
+    host: str = Field(min_length=1, max_length=253)
+    port: int = Field(ge=1, le=65535)
+
+
 class JobSpec(_Strict):
     """One job's request, as stored in ``spec.json``."""
 
@@ -57,6 +66,8 @@ class JobSpec(_Strict):
     #: Which follow-up series, when the inputs hold more than one.
     followup_series_uid: str | None = Field(default=None, max_length=64, pattern=r"^[0-9.]+$")
     options: JobOptions = Field(default_factory=lambda: JobOptions())
+    #: Where the DICOM results go once the job has succeeded (the DICOM node's routes set these).
+    destinations: list[Destination] = Field(default_factory=list, max_length=10)
 
     def case_file(self) -> dict[str, Any]:
         return self.clinical.as_case_file(self.clinical_text)

@@ -50,6 +50,19 @@ class JobError(BaseModel):
     message: str
 
 
+class Delivery(BaseModel):
+    """How sending the results to one destination went."""
+
+    destination: str
+    #: "sent" (every object stored), "failed" (after every attempt), or "sending".
+    state: str
+    attempts: int = 0
+    sent: int = 0
+    failed: int = 0
+    error: str | None = None
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 class JobStatus(BaseModel):
     state: JobState = JobState.QUEUED
     stage: str | None = None
@@ -60,6 +73,8 @@ class JobStatus(BaseModel):
     error: JobError | None = None
     #: Set while a refinement runs or after it finished.
     refinements: int = 0
+    #: Results sent to DICOM destinations, latest attempt per destination.
+    deliveries: list[Delivery] = Field(default_factory=list)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
