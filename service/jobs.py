@@ -26,7 +26,7 @@ from service.api.errors import ServiceProblem
 from service.config import Settings
 from service.db import JobRecord
 from service.metrics import ServiceMetrics
-from service.schemas import JobCreateForm, JobErrorPublic, JobLinks, JobPublic
+from service.schemas import DeliveryPublic, JobCreateForm, JobErrorPublic, JobLinks, JobPublic
 from service.uploads import FILES_FIELD, UploadLimits, check_declared_length, receive_upload, unpack_archives
 from worker.jobs.folder import JobFolder
 from worker.jobs.selection import select_case
@@ -43,7 +43,9 @@ M = TypeVar("M", bound=BaseModel)
 class JobQueue(Protocol):
     """The worker side's dispatcher as the API uses it (``worker.dispatch.Dispatcher``)."""
 
-    def submit(self, job_id: str) -> str: ...
+    def submit(self, job_id: str, *, deliver: bool = False) -> str: ...
+
+    def submit_delivery(self, job_id: str) -> str: ...
 
     def submit_refine(self, job_id: str, clicks: list[ClickSpec]) -> str: ...
 
@@ -148,8 +150,32 @@ def _validated(model: type[M], value: Any, where: tuple[str, ...]) -> M:
 def _admit(
     session: Session, settings: Settings, queue: JobQueue, folder: JobFolder, spec: JobSpec, owner: str
 ) -> JobRecord:
-    """Unpack, validate, record and queue (blocking work: runs in a worker thread)."""
+    """Unpack, then admit (blocking work: runs in a worker thread)."""
     unpack_archives(sorted(folder.inputs.glob("upload-*.dcm")), settings.zip_limits)
+    return admit_job(session, settings, queue, folder, spec, owner)
+
+
+def admit_job(
+    session: Session,
+    settings: Settings,
+    queue: JobQueue,
+    folder: JobFolder,
+    spec: JobSpec,
+    owner: str,
+    *,
+    job_key: str | None = None,
+    source: str = "api",
+) -> JobRecord:
+    """Check that the folder's inputs make the case ``spec`` names, record the job and queue it
+    (with delivery when the spec has destinations). The API and the DICOM node both come here.
+
+    Raises
+    ------
+    worker.errors.InputError
+        The inputs do not make one case.
+    ServiceProblem
+        ``broker-unavailable``: the queue did not take the job (the record is removed).
+    """
     write_spec(spec, folder.spec_path)
     selected = select_case(folder, spec, settings.role_rules)
     status = JobStatus(warnings=selected.notes)
@@ -165,13 +191,15 @@ def _admit(
         spec=spec.model_dump(mode="json"),
         status=status.model_dump(mode="json"),
         summary=selected.summary,
+        job_key=job_key,
+        source=source,
     )
     session.add(record)
     session.commit()
     try:
-        queue.submit(record.id)
+        queue.submit(record.id, deliver=bool(spec.destinations))
     except Exception as error:
-        # The client still holds its files: drop everything and let it send them again.
+        # The sender still holds its files: drop everything and let it send them again.
         log.error("job %s not queued: broker error %s", record.id, type(error).__name__)
         session.delete(record)
         session.commit()
@@ -190,7 +218,8 @@ def get_job(session: Session, settings: Settings, metrics: ServiceMetrics, job_i
     record = session.get(JobRecord, job_id)
     if record is None or record.deleted:
         raise ServiceProblem("job-not-found", "no job with this id")
-    refresh(session, settings, metrics, record)
+    # Finished jobs too: deliveries to DICOM destinations are recorded after the job succeeded.
+    refresh(session, settings, metrics, record, even_finished=True)
     return record
 
 
@@ -230,9 +259,16 @@ def refresh_unfinished(session: Session, settings: Settings, metrics: ServiceMet
         refresh(session, settings, metrics, record)
 
 
-def refresh(session: Session, settings: Settings, metrics: ServiceMetrics, record: JobRecord) -> None:
+def refresh(
+    session: Session,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    record: JobRecord,
+    *,
+    even_finished: bool = False,
+) -> None:
     """Copy the worker's status into the record; stage durations go to the histogram once each."""
-    if record.finished_at is not None or record.deleted:
+    if record.deleted or (record.finished_at is not None and not even_finished):
         return
     path = JobFolder.under(settings.storage_root, record.id).status_path
     if not path.is_file():
@@ -257,7 +293,8 @@ def _apply_status(record: JobRecord, status: JobStatus) -> None:
     record.stage = status.stage
     record.progress = status.progress
     record.status = status.model_dump(mode="json")
-    record.finished_at = status.updated_at if status.state.finished else None
+    # A finished job keeps its finishing time when later news (a delivery) updates its status.
+    record.finished_at = (record.finished_at or status.updated_at) if status.state.finished else None
 
 
 # --- changing jobs ---------------------------------------------------------------------------
@@ -309,6 +346,24 @@ def refine_job(
             "broker-unavailable", "the job queue did not take the refinement; the job is unchanged"
         ) from None
     log.info("job %s refinement %d queued (%d clicks)", record.id, queued.refinements, len(clicks))
+    return record
+
+
+def deliver_job(
+    session: Session, settings: Settings, metrics: ServiceMetrics, queue: JobQueue, job_id: str
+) -> JobRecord:
+    """Queue sending a succeeded job's DICOM results to its destinations again (a resend)."""
+    record = get_job(session, settings, metrics, job_id)
+    if record.state != JobState.SUCCEEDED:
+        raise ServiceProblem("job-not-succeeded", f"the job is {record.state}; only results are sent")
+    if not JobSpec.model_validate(record.spec).destinations:
+        raise ServiceProblem("no-destinations", "the job has no DICOM destinations to send its results to")
+    try:
+        queue.submit_delivery(record.id)
+    except Exception as error:
+        log.error("delivery of job %s not queued: broker error %s", record.id, type(error).__name__)
+        raise ServiceProblem("broker-unavailable", "the job queue did not take the delivery") from None
+    log.info("job %s delivery queued", record.id)
     return record
 
 
@@ -366,6 +421,8 @@ def job_public(record: JobRecord, settings: Settings) -> JobPublic:
         warnings=status.warnings,
         error=JobErrorPublic(**status.error.model_dump()) if status.error else None,
         refinements=status.refinements,
+        source=record.source,
+        deliveries=[DeliveryPublic(**d.model_dump()) for d in status.deliveries],
         summary=record.summary,
         links=JobLinks(job=job_location(record.id), results=_result_links(record, settings)),
     )

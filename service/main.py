@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 from service import __version__
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import health, jobs, metrics
+from service.api.routes import health, jobs, metrics, studies
 from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import ServiceMetrics
@@ -72,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(studies.router)
     app.include_router(metrics.router)
     return app
 

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app: HTTP requests, stage durations, and jobs by state.
+"""Prometheus metrics of one app: HTTP requests, stage durations, jobs by state, the DICOM node.
 
 Each app has its own ``CollectorRegistry`` (several apps in one test process must not share
 series). Jobs by state are counted from the database at scrape time, so every API process
@@ -14,8 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
-from service.db import Database, JobRecord
+from service.db import Database, JobRecord, NodeAssociation, NodeInstance, NodeStudy
 from worker.jobs.status import JobState
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,69 @@ class JobsByStateCollector(Collector):
             return {state: int(count) for state, count in session.execute(query).all()}
 
 
+class NodeCollector(Collector):
+    """The DICOM node's figures, from its tables at scrape time (the node is another process):
+    instances by state and bytes stored, associations by outcome, studies by state, and
+    deliveries of results by outcome."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families().values())
+
+    def collect(self) -> Iterable[Metric]:
+        families = self._families()
+        try:
+            with self.database.session() as session:
+                self._fill(session, families)
+        except Exception as error:
+            log.warning("node metrics not collected: %s", type(error).__name__)
+            return []
+        return list(families.values())
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {
+            "instances": GaugeMetricFamily(
+                "rtinjury_node_instances", "Instances the node stored, by state.", labels=["state"]
+            ),
+            "bytes": GaugeMetricFamily(
+                "rtinjury_node_stored_bytes", "Bytes of the instances the node stored."
+            ),
+            "associations": GaugeMetricFamily(
+                "rtinjury_node_associations", "Associations peers opened, by outcome.", labels=["outcome"]
+            ),
+            "studies": GaugeMetricFamily(
+                "rtinjury_node_studies", "Patients' studies by state.", labels=["state"]
+            ),
+            "deliveries": GaugeMetricFamily(
+                "rtinjury_deliveries", "Sends of results to DICOM destinations, by outcome.", labels=["state"]
+            ),
+        }
+
+    @staticmethod
+    def _fill(session: Session, families: dict[str, GaugeMetricFamily]) -> None:
+        for state, count in session.execute(
+            select(NodeInstance.state, func.count()).group_by(NodeInstance.state)
+        ):
+            families["instances"].add_metric([state], count)
+        families["bytes"].add_metric(
+            [], session.scalar(select(func.coalesce(func.sum(NodeInstance.size), 0))) or 0
+        )
+        outcomes = select(NodeAssociation.outcome, func.count()).group_by(NodeAssociation.outcome)
+        for outcome, count in session.execute(outcomes):
+            families["associations"].add_metric([outcome], count)
+        for state, count in session.execute(select(NodeStudy.state, func.count()).group_by(NodeStudy.state)):
+            families["studies"].add_metric([state], count)
+        deliveries: dict[str, int] = {}
+        for status in session.scalars(select(JobRecord.status).where(JobRecord.source == "node")):
+            for delivery in status.get("deliveries", []):
+                deliveries[delivery["state"]] = deliveries.get(delivery["state"], 0) + 1
+        for state, count in sorted(deliveries.items()):
+            families["deliveries"].add_metric([state], count)
+
+
 class ServiceMetrics:
     """The registry of one app and the instruments the routes and middleware use."""
 
@@ -75,6 +139,7 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.registry.register(JobsByStateCollector(database))
+        self.registry.register(NodeCollector(database))
 
     def count_request(self, method: str, route: str, status: int) -> None:
         self.requests.labels(method, route, str(status)).inc()

@@ -90,6 +90,18 @@ class JobLinks(BaseModel):
     results: dict[str, str] = Field(default_factory=dict)
 
 
+class DeliveryPublic(BaseModel):
+    """How sending the results to one DICOM destination went (latest attempt)."""
+
+    destination: str
+    state: str
+    attempts: int
+    sent: int
+    failed: int
+    error: str | None
+    at: datetime
+
+
 class JobPublic(BaseModel):
     """A job as the API shows it: where it stands and what it found."""
 
@@ -107,6 +119,9 @@ class JobPublic(BaseModel):
     warnings: list[str]
     error: JobErrorPublic | None
     refinements: int
+    #: "api" (an upload) or "node" (a study pushed to the DICOM node).
+    source: str
+    deliveries: list[DeliveryPublic]
     summary: dict[str, Any]
     links: JobLinks
 
@@ -125,3 +140,36 @@ class RefineRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     clicks: list[ClickSpec] = Field(min_length=1, max_length=MAX_CLICKS)
+
+
+class StudySeriesPublic(BaseModel):
+    series_uid: str
+    modality: str
+    instances: int
+    #: Its part in the assembled cases ("follow-up (ct)", "planning CT", "RTDOSE" …), if any.
+    role: str | None
+
+
+class StudyPublic(BaseModel):
+    """What the DICOM node holds of one patient (by alias) and where its completion stands."""
+
+    patient_alias: str
+    #: "receiving" (an association is open or the quiet period runs), "complete" (jobs made),
+    #: "incomplete" (``detail`` says what is missing or not routed).
+    state: str
+    detail: str | None
+    pending: bool
+    first_received_at: datetime
+    last_received_at: datetime
+    last_released_at: datetime | None
+    calling_aes: list[str]
+    instances: dict[str, int]
+    series: list[StudySeriesPublic]
+    job_ids: list[str]
+
+
+class StudiesPublic(BaseModel):
+    data: list[StudyPublic]
+    count: int
+    limit: int
+    offset: int

@@ -42,6 +42,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "result-not-found": (404, "No such result"),
     "job-busy": (409, "The job is queued or running"),
     "job-not-succeeded": (409, "The job has not succeeded"),
+    "no-destinations": (409, "The job has no DICOM destinations"),
     # The DICOM a client sent (worker.errors.InputError and its subclasses)
     "invalid-input": (422, "Unusable input"),
     "unreadable-dicom": (422, "Unreadable DICOM"),

@@ -131,3 +131,22 @@ def refine_job(
     record = jobs.refine_job(session, settings, metrics, dispatcher, job_id, body.clicks)
     response.headers["Location"] = jobs.job_location(record.id)
     return jobs.job_public(record, settings)
+
+
+@router.post(
+    "/{job_id}/deliver",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobPublic,
+    responses=_problems(404, 409, 503),
+)
+def deliver_job(
+    job_id: str,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    dispatcher: DispatcherDep,
+    _owner: OwnerDep,
+) -> JobPublic:
+    """Send a succeeded job's SEG, RTSTRUCT and SR to its DICOM destinations again."""
+    record = jobs.deliver_job(session, settings, metrics, dispatcher, job_id)
+    return jobs.job_public(record, settings)

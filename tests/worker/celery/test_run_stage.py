@@ -99,6 +99,6 @@ def test_a_failed_refinement_keeps_the_job_and_its_results(folder: JobFolder) ->
     assert status.refinements == 2 and status.timings_s["infer"] == 1.0
     assert status.warnings == [
         "refinement 2 failed (internal-error: the job failed in the worker (FileNotFoundError); "
-        "see the worker log); the results are those from before it"
+        "see the worker log); the job's results are unchanged"
     ]
     assert folder.output("seg").read_bytes() == b"the SEG from before"
