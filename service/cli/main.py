@@ -18,6 +18,7 @@ from service.cli import (
     export_onnx_cmd,
     inspect_cmd,
     keys_cmd,
+    node_cmd,
     register_cmd,
     run_cmd,
     serve_cmd,
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker_cmd.register(commands)
     serve_cmd.register(commands)
     keys_cmd.register(commands)
+    node_cmd.register(commands)
     return parser
 
 

@@ -40,6 +40,7 @@ from worker.jobs.folder import JobFolder
 from worker.jobs.spec import JobSpec
 from worker.stages.assemble.case import Assembly, Case, assemble_cases
 from worker.stages.assemble.rules import load_rules
+from worker.stages.export.algorithm import MANUFACTURER
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,10 @@ def job_key(patient_key: str, case: Case) -> str:
 
 
 def _case_series(case: Case) -> list[Any]:
-    # The ground-truth SEG a PACS may hold beside the scans is not an input of the job.
-    return [case.followup, case.planning_ct, *case.rtdose, *case.rtplan, *case.rtstruct, *case.reg]
+    """The series a job of ``case`` reads: not a SEG (never an input), and none of our own results
+    (a PACS that pushes the whole patient again sends them back: they must not re-trigger)."""
+    series = [case.followup, case.planning_ct, *case.rtdose, *case.rtplan, *case.rtstruct, *case.reg]
+    return [s for s in series if s.text("Manufacturer") != MANUFACTURER]
 
 
 def _case_files(case: Case) -> list[Path]:
