@@ -1,0 +1,511 @@
+"""Where the node's instances land: files under ``<storage root>/node/`` and rows in the job
+database (``NodeAssociation``, ``NodeInstance``, ``NodeStudy``).
+
+An instance is *received* while its association is open, *accepted* once the association is
+released, and set *aside* (kept, never used) when it is aborted: only a released association
+tells that the sender finished what it meant to send.
+
+File names and log lines carry hashes and association ids, never a PatientID, a name or a UID in
+clear: the patient is ``patient_key`` (SHA-256 of the PatientID) or its short alias.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import threading
+import time
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import IntEnum
+from io import BytesIO
+from pathlib import Path
+from typing import Any, BinaryIO
+from uuid import uuid4
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomFileLike
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from service.config import Settings
+from service.db.engine import Database
+from service.db.models import NodeAssociation, NodeInstance, NodeStudy, utc_now
+
+log = logging.getLogger(__name__)
+
+#: Instance states (``NodeInstance.state``) and association outcomes (``NodeAssociation.outcome``).
+RECEIVED, ACCEPTED, ASIDE = "received", "accepted", "aside"
+OPEN, RELEASED, ABORTED = "open", "released", "aborted"
+
+#: The attributes the node routes on, all in groups 0008-0020, so reading stops after the last one.
+_HEADER_KEYWORDS = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "Modality",
+    "PatientID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+)
+_HEADER_TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in ("SpecificCharacterSet", *_HEADER_KEYWORDS)]
+_LAST_HEADER_TAG = Tag("SeriesInstanceUID")
+#: Inflated bytes read from a deflated dataset to find the header (it sits at the very start).
+_INFLATED_HEAD_BYTES = 4 * 1024**2
+_COPY_CHUNK_BYTES = 1024**2
+#: ``NodeStudy.last_received_at`` is written at most this often per patient and association.
+_STUDY_TOUCH_INTERVAL_S = 1.0
+
+
+class StoreStatus(IntEnum):
+    """The C-STORE statuses the node answers with (PS3.4 Table B.2-1)."""
+
+    SUCCESS = 0x0000
+    #: Refused, out of resources: less than ``node_min_free_bytes`` free on the storage root.
+    OUT_OF_SPACE = 0xA700
+    #: Refused, out of resources: the patient holds ``node_max_pending_instances`` already.
+    TOO_MANY_PENDING = 0xA701
+    #: Error, data set does not match SOP class: the dataset's SOPClassUID is not the command's.
+    SOP_CLASS_MISMATCH = 0xA900
+    #: Error, cannot understand: the header is unreadable or lacks an attribute the node needs.
+    UNREADABLE = 0xC210
+    #: Error, cannot understand: the dataset's SOPInstanceUID is not the one the command announced.
+    INSTANCE_MISMATCH = 0xC212
+    #: Error, cannot understand: something unexpected failed in the node (logged, no patient data).
+    NODE_FAILURE = 0xC2FF
+
+
+def patient_key(patient_id: str) -> str:
+    """The patient without the identifier: SHA-256 of the PatientID, hex."""
+    return hashlib.sha256(patient_id.encode()).hexdigest()
+
+
+def patient_alias(patient_id: str) -> str:
+    """The short pseudonym shown in listings and logs; the formula of ``Case.patient_alias``."""
+    return "pt-" + patient_key(patient_id)[:10]
+
+
+class HeaderError(ValueError):
+    """The dataset's header cannot be read or lacks an attribute; the message names no value."""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """The few attributes of a received instance the node needs to file it."""
+
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    modality: str
+
+    @property
+    def patient_key(self) -> str:
+        return patient_key(self.patient_id)
+
+    @property
+    def file_name(self) -> str:
+        """The stored file's name: a hash of the SOPInstanceUID, so the UID is not in the path."""
+        return hashlib.sha256(self.sop_instance_uid.encode()).hexdigest()[:24] + ".dcm"
+
+
+def read_header(fp: BinaryIO, transfer_syntax: UID) -> InstanceHeader:
+    """Read the routing attributes of the dataset that starts at ``fp``'s position.
+
+    Reading stops after SeriesInstanceUID (group 0020), so pixel data and the big RT sequences
+    are never read, whatever the instance's size.
+
+    Raises
+    ------
+    HeaderError
+        When the dataset cannot be parsed or an attribute is missing or empty.
+    """
+    stream: BinaryIO = _inflated_head(fp) if transfer_syntax.is_deflated else fp
+    try:
+        dataset = read_dataset(
+            stream,
+            is_implicit_VR=transfer_syntax.is_implicit_VR,
+            is_little_endian=transfer_syntax.is_little_endian,
+            stop_when=_past_header,
+            specific_tags=_HEADER_TAGS,
+        )
+        values = {keyword: _required(dataset, keyword) for keyword in _HEADER_KEYWORDS}
+    except HeaderError:
+        raise
+    except Exception as error:
+        # pydicom's messages may quote values: keep only the kind of failure.
+        raise HeaderError(f"header unreadable ({type(error).__name__})") from None
+    return InstanceHeader(
+        patient_id=values["PatientID"],
+        study_uid=values["StudyInstanceUID"],
+        series_uid=values["SeriesInstanceUID"],
+        sop_instance_uid=values["SOPInstanceUID"],
+        sop_class_uid=values["SOPClassUID"],
+        modality=values["Modality"],
+    )
+
+
+def _past_header(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag > _LAST_HEADER_TAG
+
+
+def _required(dataset: Dataset, keyword: str) -> str:
+    value = dataset.get(keyword)
+    text = "" if value is None else str(value).strip()
+    if not text:
+        raise HeaderError(f"{keyword} is missing or empty")
+    return text
+
+
+def _inflated_head(fp: BinaryIO) -> BinaryIO:
+    """The first few MiB of a deflated dataset, inflated: enough for the header, never the rest."""
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    head = bytearray()
+    while len(head) < _INFLATED_HEAD_BYTES:
+        chunk = inflater.unconsumed_tail or fp.read(64 * 1024)
+        if not chunk:
+            break
+        head += inflater.decompress(chunk, _INFLATED_HEAD_BYTES - len(head))
+    return BytesIO(bytes(head))
+
+
+def read_file_meta(fp: BinaryIO) -> tuple[FileMetaDataset | None, int]:
+    """The file meta of a Part 10 file and where its dataset starts; ``(None, 0)`` without one.
+
+    pynetdicom writes a received dataset as a Part 10 file (preamble, meta from the command and
+    the presentation context, then the bytes as received); a bare dataset starts at 0.
+    """
+    fp.seek(0)
+    if fp.read(132)[128:] != b"DICM":
+        fp.seek(0)
+        return None, 0
+    # As pydicom's own reader does: the meta is the group 0002 elements, Explicit VR LE.
+    meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_not_file_meta)
+    return FileMetaDataset(meta), fp.tell()
+
+
+def _not_file_meta(tag: BaseTag, _vr: str | None, _length: int) -> bool:
+    return tag.group != 0x0002
+
+
+# Statements built once: building them per instance costs more than running them.
+_HELD = (RECEIVED, ACCEPTED)
+_FIND_HELD_INSTANCE = (
+    select(NodeInstance.id)
+    .where(
+        NodeInstance.patient_key == bindparam("key"),
+        NodeInstance.sop_instance_uid == bindparam("uid"),
+        NodeInstance.state.in_(_HELD),
+    )
+    .limit(1)
+)
+_INSERT_INSTANCE = insert(NodeInstance)
+_COUNT_INSTANCE = (
+    update(NodeAssociation)
+    .where(NodeAssociation.id == bindparam("assoc"))
+    .values(instances=NodeAssociation.instances + 1, bytes=NodeAssociation.bytes + bindparam("size"))
+    .execution_options(synchronize_session=False)
+)
+
+
+@dataclass
+class _Tally:
+    """What the inbox keeps in memory about an open association, to spare rows per instance."""
+
+    calling_ae: str
+    #: Per patient: instances the node holds (counted once, then followed here).
+    held: dict[str, int] = field(default_factory=dict)
+    #: Per patient: when its ``NodeStudy`` was last written (``time.monotonic()``).
+    touched: dict[str, float] = field(default_factory=dict)
+
+
+class Inbox:
+    """Stores instances and records them; one per node process, shared by its associations.
+
+    Thread-safe: the SCP runs one thread per association. The short critical section (the
+    duplicate check, a rename, the rows) is serialised by a lock; header reading and the
+    association's network traffic run in parallel.
+    """
+
+    def __init__(self, settings: Settings, database: Database) -> None:
+        self.settings = settings
+        self.database = database
+        self.storage_root = settings.storage_root.resolve()
+        self.node_root = self.storage_root / "node"
+        #: pynetdicom's temporary files go here: same file system as the store, never a tmpfs.
+        self.incoming_dir = self.node_root / "incoming"
+        self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._tallies: dict[str, _Tally] = {}
+
+    # -- associations -----------------------------------------------------------------------
+
+    def open_association(self, assoc_id: str, calling_ae: str, peer_host: str) -> None:
+        """Record an accepted association (outcome "open")."""
+        with self._lock, self.database.session() as session:
+            row = NodeAssociation(
+                id=assoc_id, calling_ae=calling_ae[:16], peer_host=peer_host[:64], outcome=OPEN
+            )
+            session.add(row)
+            session.commit()
+            self._tallies[assoc_id] = _Tally(calling_ae=row.calling_ae)
+
+    def close_association(self, assoc_id: str, released: bool) -> None:
+        """End an association once: released → its instances are accepted and their patients'
+        studies pending; aborted → its instances are set aside. Later calls do nothing."""
+        with self._lock, self.database.session() as session:
+            self._tallies.pop(assoc_id, None)
+            association = session.get(NodeAssociation, assoc_id)
+            if association is None or association.outcome != OPEN:
+                return
+            now = utc_now()
+            if released:
+                patients = self._accept(session, assoc_id, now)
+            else:
+                patients = self._set_aside(session, assoc_id)
+            association.outcome = RELEASED if released else ABORTED
+            association.ended_at = now
+            session.commit()
+        log.info(
+            "association %s %s: %d instances, %d bytes, %d patient(s)",
+            assoc_id,
+            association.outcome,
+            association.instances,
+            association.bytes,
+            len(patients),
+        )
+
+    def recover(self) -> None:
+        """At start-up: associations left open by a previous process count as aborted, and its
+        temporary files (instances never answered) are deleted."""
+        with self.database.session() as session:
+            still_open = select(NodeAssociation.id).where(NodeAssociation.outcome == OPEN)
+            leftovers = session.scalars(still_open).all()
+        for assoc_id in leftovers:
+            self.close_association(assoc_id, released=False)
+        for stale in self.incoming_dir.iterdir():
+            if stale.is_file():
+                stale.unlink(missing_ok=True)
+
+    # -- instances --------------------------------------------------------------------------
+
+    def store(self, assoc_id: str, file_meta: FileMetaDataset, dataset_path: Path) -> int:
+        """File one received instance; returns the C-STORE status.
+
+        ``file_meta`` is the meta the command and presentation context imply (pynetdicom's
+        ``event.file_meta``); ``dataset_path`` the received bytes, as a Part 10 file or a bare
+        dataset in ``file_meta``'s transfer syntax.
+        """
+        if shutil.disk_usage(self.storage_root).free < self.settings.node_min_free_bytes:
+            log.warning("association %s: instance refused, storage root below the free-space floor", assoc_id)
+            return StoreStatus.OUT_OF_SPACE
+        with dataset_path.open("rb") as fp:
+            received_meta, offset = read_file_meta(fp)
+            fp.seek(offset)
+            try:
+                header = read_header(fp, UID(file_meta.TransferSyntaxUID))
+            except HeaderError as error:
+                log.warning("association %s: instance refused: %s", assoc_id, error)
+                return StoreStatus.UNREADABLE
+        if header.sop_instance_uid != file_meta.MediaStorageSOPInstanceUID:
+            log.warning("association %s: instance refused: SOPInstanceUID is not the command's", assoc_id)
+            return StoreStatus.INSTANCE_MISMATCH
+        if header.sop_class_uid != file_meta.MediaStorageSOPClassUID:
+            log.warning("association %s: instance refused: SOPClassUID is not the command's", assoc_id)
+            return StoreStatus.SOP_CLASS_MISMATCH
+        reusable = received_meta is not None and _same_meta(received_meta, file_meta)
+        with self._lock:
+            return self._record(assoc_id, header, file_meta, dataset_path, offset, reusable)
+
+    def accepted_files(self, patient_key: str) -> list[Path]:
+        """Absolute paths of the patient's accepted instances, in the order they arrived."""
+        with self.database.session() as session:
+            paths = session.scalars(
+                select(NodeInstance.path)
+                .where(NodeInstance.patient_key == patient_key, NodeInstance.state == ACCEPTED)
+                .order_by(NodeInstance.id)
+            ).all()
+        return [self.storage_root / path for path in paths]
+
+    def instance_path(self, header: InstanceHeader) -> Path:
+        """Where an instance is kept while in use (absolute)."""
+        return self.node_root / "patients" / header.patient_key[:16] / header.file_name
+
+    def _record(
+        self,
+        assoc_id: str,
+        header: InstanceHeader,
+        file_meta: FileMetaDataset,
+        dataset_path: Path,
+        offset: int,
+        reusable: bool,
+    ) -> int:
+        tally = self._tallies.get(assoc_id)
+        if tally is None:
+            raise LookupError(f"association {assoc_id} is not open")
+        key = header.patient_key
+        with self.database.session() as session:
+            if self._is_duplicate(session, key, header.sop_instance_uid):
+                # Re-sends are normal (a PACS retries a whole study): say success, keep one copy.
+                log.debug("association %s: duplicate instance %s dropped", assoc_id, header.file_name)
+                return StoreStatus.SUCCESS
+            held = tally.held.get(key)
+            if held is None:
+                held = self._held_instances(session, key)
+            if held >= self.settings.node_max_pending_instances:
+                log.warning("association %s: instance refused, %s holds too many", assoc_id, key[:10])
+                return StoreStatus.TOO_MANY_PENDING
+            target = self.instance_path(header)
+            try:
+                _place(dataset_path, target, file_meta, offset, reusable)
+            except OSError as error:
+                log.error("association %s: cannot write an instance (%s)", assoc_id, error.strerror)
+                return StoreStatus.OUT_OF_SPACE
+            try:
+                size = target.stat().st_size
+                relative = target.relative_to(self.storage_root)
+                session.execute(_INSERT_INSTANCE, _instance_row(header, relative, size, assoc_id))
+                session.execute(_COUNT_INSTANCE, {"assoc": assoc_id, "size": size})
+                self._touch_study(session, tally, header)
+                session.commit()
+            except BaseException:
+                target.unlink(missing_ok=True)
+                raise
+        tally.held[key] = held + 1
+        return StoreStatus.SUCCESS
+
+    @staticmethod
+    def _touch_study(session: Session, tally: _Tally, header: InstanceHeader) -> None:
+        """Keep the patient's ``NodeStudy`` current: made or updated (alias, sender) on the
+        association's first instance of the patient, then ``last_received_at`` about each second
+        (a row write per instance would cost more than the instance)."""
+        key, now, clock = header.patient_key, utc_now(), time.monotonic()
+        touched = tally.touched.get(key)
+        if touched is None:
+            _upsert_study(session, header, tally.calling_ae, now)
+        elif clock - touched >= _STUDY_TOUCH_INTERVAL_S:
+            session.execute(
+                update(NodeStudy).where(NodeStudy.patient_key == key).values(last_received_at=now)
+            )
+        else:
+            return
+        tally.touched[key] = clock
+
+    @staticmethod
+    def _is_duplicate(session: Session, key: str, sop_instance_uid: str) -> bool:
+        found = session.scalar(_FIND_HELD_INSTANCE, {"key": key, "uid": sop_instance_uid})
+        return found is not None
+
+    @staticmethod
+    def _held_instances(session: Session, key: str) -> int:
+        """The patient's instances the node holds for use: received or accepted, not set aside."""
+        count = session.scalar(
+            select(func.count())
+            .select_from(NodeInstance)
+            .where(NodeInstance.patient_key == key, NodeInstance.state.in_(_HELD))
+        )
+        return int(count or 0)
+
+    def _accept(self, session: Session, assoc_id: str, now: datetime) -> list[str]:
+        mine = (NodeInstance.association_id == assoc_id, NodeInstance.state == RECEIVED)
+        patients = list(session.scalars(select(NodeInstance.patient_key).where(*mine).distinct()).all())
+        session.execute(update(NodeInstance).where(*mine).values(state=ACCEPTED))
+        if patients:
+            session.execute(
+                update(NodeStudy)
+                .where(NodeStudy.patient_key.in_(patients))
+                .values(pending=True, last_released_at=now, state="receiving")
+            )
+        return patients
+
+    def _set_aside(self, session: Session, assoc_id: str) -> list[str]:
+        """Move the association's files to ``node/aside/<assoc_id>/``: kept, never used."""
+        aside_dir = self.node_root / "aside" / assoc_id
+        mine = (NodeInstance.association_id == assoc_id, NodeInstance.state == RECEIVED)
+        instances = session.scalars(select(NodeInstance).where(*mine)).all()
+        for instance in instances:
+            source = self.storage_root / instance.path
+            target = aside_dir / source.name
+            aside_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                os.replace(source, target)
+            except FileNotFoundError:
+                if not target.exists():
+                    log.warning("association %s: instance %s missing when set aside", assoc_id, source.name)
+            instance.path = str(target.relative_to(self.storage_root))
+            instance.state = ASIDE
+        return sorted({instance.patient_key for instance in instances})
+
+
+def _same_meta(received: FileMetaDataset, expected: FileMetaDataset) -> bool:
+    return all(
+        received.get(keyword) == expected.get(keyword)
+        for keyword in ("TransferSyntaxUID", "MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID")
+    )
+
+
+def _place(source: Path, target: Path, file_meta: FileMetaDataset, offset: int, reusable: bool) -> None:
+    """Put the instance at ``target`` atomically: a rename when ``source`` already is the Part 10
+    file we want on the same file system (the usual case), else a streamed copy behind our meta."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if reusable and source.stat().st_dev == target.parent.stat().st_dev:
+        # pynetdicom deletes its temporary file after the handler; it then finds it gone (fine).
+        os.replace(source, target)
+        return
+    partial = target.with_name(f".{target.name}.{uuid4().hex}.part")
+    try:
+        with source.open("rb") as src, partial.open("xb") as dst:
+            dst.write(b"\x00" * 128 + b"DICM")
+            write_file_meta_info(DicomFileLike(dst), file_meta, enforce_standard=True)
+            src.seek(offset)
+            shutil.copyfileobj(src, dst, _COPY_CHUNK_BYTES)
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _instance_row(header: InstanceHeader, relative: Path, size: int, assoc_id: str) -> dict[str, Any]:
+    return {
+        "patient_key": header.patient_key,
+        "sop_instance_uid": header.sop_instance_uid,
+        "sop_class_uid": header.sop_class_uid,
+        "study_uid": header.study_uid,
+        "series_uid": header.series_uid,
+        "modality": header.modality[:16],
+        "path": str(relative),
+        "size": size,
+        "association_id": assoc_id,
+        "received_at": utc_now(),
+        "state": RECEIVED,
+    }
+
+
+def _upsert_study(session: Session, header: InstanceHeader, calling_ae: str, now: datetime) -> None:
+    """Create or update the patient's ``NodeStudy``: alias, last arrival, who sent it."""
+    study = session.get(NodeStudy, header.patient_key)
+    if study is None:
+        session.add(
+            NodeStudy(
+                patient_key=header.patient_key,
+                patient_alias=patient_alias(header.patient_id),
+                first_received_at=now,
+                last_received_at=now,
+                pending=False,
+                state="receiving",
+                series=[],
+                job_ids=[],
+                calling_aes=[calling_ae],
+            )
+        )
+        return
+    study.last_received_at = now
+    if calling_ae not in study.calling_aes:
+        # A new list: the JSON column notices assignment, not in-place changes.
+        study.calling_aes = [*study.calling_aes, calling_ae]
