@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,26 @@ def test_a_whole_patient_is_stored_as_sent_and_once(
         ("released", len(sources)),
     ]
     _assert_still_answers(node, echoscu)
+
+
+def test_parallel_associations_store_each_instance_once(
+    start_node, storescu, node_database, orn_patient, tmp_path
+):
+    """Two peers at once, both sending the plan: every instance once, both associations released."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    shutil.copytree(orn_patient / "planning", first)
+    shutil.copytree(orn_patient / "followup-1", second)
+    shutil.copy(orn_patient / "planning" / "rtplan.dcm", second / "rtplan.dcm")
+    node = start_node()
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda folder: storescu(node, folder), [first, second]))
+    assert [r.returncode for r in results] == [0, 0], [r.stderr[-500:] for r in results]
+    _wait_for(lambda: _associations_ended(node_database))
+    expected = len(_dicom_files(orn_patient / "planning")) + len(_dicom_files(orn_patient / "followup-1"))
+    assert len(_rows(node_database, NodeInstance)) == expected
+    associations = _rows(node_database, NodeAssociation)
+    assert [a.outcome for a in associations] == ["released", "released"]
+    assert sum(a.instances for a in associations) == expected
 
 
 def test_a_jpeg_lossless_ct_is_stored_compressed(
