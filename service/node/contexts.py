@@ -10,11 +10,14 @@ from __future__ import annotations
 from pydicom.uid import (
     JPEG2000,
     UID,
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     DeformableSpatialRegistrationStorage,
     EnhancedCTImageStorage,
     EnhancedMRImageStorage,
+    EnhancedSRStorage,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -36,7 +39,8 @@ from pydicom.uid import (
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-#: The storage SOP classes the node takes: images, RT objects, registrations and segmentations.
+#: The storage SOP classes the node takes: images, RT objects, registrations, segmentations and
+#: structured reports.
 STORAGE_SOP_CLASSES: tuple[UID, ...] = (
     CTImageStorage,
     MRImageStorage,
@@ -49,6 +53,11 @@ STORAGE_SOP_CLASSES: tuple[UID, ...] = (
     SpatialRegistrationStorage,
     DeformableSpatialRegistrationStorage,
     SegmentationStorage,
+    # Structured reports are not inputs, but a PACS that pushes a whole patient sends our TID 1500
+    # measurement reports back with the rest; refusing them would fail its whole transfer.
+    Comprehensive3DSRStorage,
+    ComprehensiveSRStorage,
+    EnhancedSRStorage,
 )
 
 #: Uncompressed syntaxes first: pynetdicom takes, for each context, the requestor's first
