@@ -33,6 +33,7 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from service.config import Settings
@@ -59,8 +60,8 @@ _LAST_HEADER_TAG = Tag("SeriesInstanceUID")
 #: Inflated bytes read from a deflated dataset to find the header (it sits at the very start).
 _INFLATED_HEAD_BYTES = 4 * 1024**2
 _COPY_CHUNK_BYTES = 1024**2
-#: ``NodeStudy.last_received_at`` is written at most this often per patient and association.
-_STUDY_TOUCH_INTERVAL_S = 1.0
+#: How often an open association's counts and its patients' last arrival are written (seconds).
+_PROGRESS_INTERVAL_S = 1.0
 
 
 class StoreStatus(IntEnum):
@@ -206,20 +207,35 @@ _FIND_HELD_INSTANCE = (
     )
     .limit(1)
 )
+_COUNT_HELD = (
+    select(func.count())
+    .select_from(NodeInstance)
+    .where(NodeInstance.patient_key == bindparam("key"), NodeInstance.state.in_(_HELD))
+)
 _INSERT_INSTANCE = insert(NodeInstance)
-_COUNT_INSTANCE = (
+_SET_COUNTS = (
     update(NodeAssociation)
     .where(NodeAssociation.id == bindparam("assoc"))
-    .values(instances=NodeAssociation.instances + 1, bytes=NodeAssociation.bytes + bindparam("size"))
-    .execution_options(synchronize_session=False)
+    .values(instances=bindparam("count"), bytes=bindparam("total"))
+)
+_TOUCH_STUDY = (
+    update(NodeStudy)
+    .where(NodeStudy.patient_key == bindparam("key"))
+    .values(last_received_at=bindparam("now"))
 )
 
 
 @dataclass
 class _Tally:
-    """What the inbox keeps in memory about an open association, to spare rows per instance."""
+    """What the inbox keeps in memory about an open association, to spare rows per instance:
+    the association's counts and its patients' ``last_received_at`` are written about once a
+    second (and exactly at the end), not once per instance."""
 
     calling_ae: str
+    instances: int = 0
+    bytes: int = 0
+    #: When the counts were last written (``time.monotonic()``).
+    written_at: float = 0.0
     #: Per patient: instances the node holds (counted once, then followed here).
     held: dict[str, int] = field(default_factory=dict)
     #: Per patient: when its ``NodeStudy`` was last written (``time.monotonic()``).
@@ -242,6 +258,7 @@ class Inbox:
         #: pynetdicom's temporary files go here: same file system as the store, never a tmpfs.
         self.incoming_dir = self.node_root / "incoming"
         self.incoming_dir.mkdir(parents=True, exist_ok=True)
+        self.database.prepare()  # the store path uses the engine directly
         self._lock = threading.Lock()
         self._tallies: dict[str, _Tally] = {}
 
@@ -270,6 +287,10 @@ class Inbox:
                 patients = self._accept(session, assoc_id, now)
             else:
                 patients = self._set_aside(session, assoc_id)
+            counts = select(func.count(), func.coalesce(func.sum(NodeInstance.size), 0))
+            association.instances, association.bytes = session.execute(
+                counts.where(NodeInstance.association_id == assoc_id)
+            ).one()
             association.outcome = RELEASED if released else ABORTED
             association.ended_at = now
             session.commit()
@@ -347,71 +368,70 @@ class Inbox:
         offset: int,
         reusable: bool,
     ) -> int:
+        """Check, place and record one instance; the caller holds the lock."""
         tally = self._tallies.get(assoc_id)
         if tally is None:
             raise LookupError(f"association {assoc_id} is not open")
-        key = header.patient_key
-        with self.database.session() as session:
-            if self._is_duplicate(session, key, header.sop_instance_uid):
-                # Re-sends are normal (a PACS retries a whole study): say success, keep one copy.
-                log.debug("association %s: duplicate instance %s dropped", assoc_id, header.file_name)
-                return StoreStatus.SUCCESS
-            held = tally.held.get(key)
-            if held is None:
-                held = self._held_instances(session, key)
-            if held >= self.settings.node_max_pending_instances:
-                log.warning("association %s: instance refused, %s holds too many", assoc_id, key[:10])
-                return StoreStatus.TOO_MANY_PENDING
-            target = self.instance_path(header)
-            try:
-                _place(dataset_path, target, file_meta, offset, reusable)
-            except OSError as error:
-                log.error("association %s: cannot write an instance (%s)", assoc_id, error.strerror)
-                return StoreStatus.OUT_OF_SPACE
-            try:
-                size = target.stat().st_size
-                relative = target.relative_to(self.storage_root)
-                session.execute(_INSERT_INSTANCE, _instance_row(header, relative, size, assoc_id))
-                session.execute(_COUNT_INSTANCE, {"assoc": assoc_id, "size": size})
-                self._touch_study(session, tally, header)
-                session.commit()
-            except BaseException:
-                target.unlink(missing_ok=True)
-                raise
-        tally.held[key] = held + 1
+        # Core statements on a connection: the ORM's unit of work costs more than the instance.
+        with self.database.engine.begin() as connection:
+            refusal = self._refusal(connection, tally, header, assoc_id)
+        if refusal is not None:
+            return refusal
+        target = self.instance_path(header)
+        try:
+            _place(dataset_path, target, file_meta, offset, reusable)
+        except OSError as error:
+            log.error("association %s: cannot write an instance (%s)", assoc_id, error.strerror)
+            return StoreStatus.OUT_OF_SPACE
+        try:
+            with self.database.engine.begin() as connection:
+                self._insert(connection, tally, header, target, assoc_id)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         return StoreStatus.SUCCESS
 
-    @staticmethod
-    def _touch_study(session: Session, tally: _Tally, header: InstanceHeader) -> None:
-        """Keep the patient's ``NodeStudy`` current: made or updated (alias, sender) on the
-        association's first instance of the patient, then ``last_received_at`` about each second
-        (a row write per instance would cost more than the instance)."""
-        key, now, clock = header.patient_key, utc_now(), time.monotonic()
+    def _refusal(
+        self, connection: Connection, tally: _Tally, header: InstanceHeader, assoc_id: str
+    ) -> int | None:
+        """Why the instance is not stored: a duplicate (success, one copy kept) or the patient's
+        cap; None to store it."""
+        key = header.patient_key
+        duplicate = connection.execute(
+            _FIND_HELD_INSTANCE, {"key": key, "uid": header.sop_instance_uid}
+        ).first()
+        if duplicate is not None:
+            # Re-sends are normal (a PACS retries a whole study): say success, keep one copy.
+            log.debug("association %s: duplicate instance %s dropped", assoc_id, header.file_name)
+            return StoreStatus.SUCCESS
+        if key not in tally.held:
+            tally.held[key] = int(connection.execute(_COUNT_HELD, {"key": key}).scalar_one())
+        if tally.held[key] >= self.settings.node_max_pending_instances:
+            log.warning("association %s: instance refused, %s holds too many", assoc_id, key[:10])
+            return StoreStatus.TOO_MANY_PENDING
+        return None
+
+    def _insert(
+        self, connection: Connection, tally: _Tally, header: InstanceHeader, target: Path, assoc_id: str
+    ) -> None:
+        key, size, clock = header.patient_key, target.stat().st_size, time.monotonic()
+        relative = target.relative_to(self.storage_root)
+        connection.execute(_INSERT_INSTANCE, _instance_row(header, relative, size, assoc_id))
+        tally.held[key] += 1
+        tally.instances += 1
+        tally.bytes += size
         touched = tally.touched.get(key)
         if touched is None:
-            _upsert_study(session, header, tally.calling_ae, now)
-        elif clock - touched >= _STUDY_TOUCH_INTERVAL_S:
-            session.execute(
-                update(NodeStudy).where(NodeStudy.patient_key == key).values(last_received_at=now)
+            _upsert_study(connection, header, tally.calling_ae, utc_now())
+        elif clock - touched >= _PROGRESS_INTERVAL_S:
+            connection.execute(_TOUCH_STUDY, {"key": key, "now": utc_now()})
+        if touched is None or clock - touched >= _PROGRESS_INTERVAL_S:
+            tally.touched[key] = clock
+        if clock - tally.written_at >= _PROGRESS_INTERVAL_S:
+            connection.execute(
+                _SET_COUNTS, {"assoc": assoc_id, "count": tally.instances, "total": tally.bytes}
             )
-        else:
-            return
-        tally.touched[key] = clock
-
-    @staticmethod
-    def _is_duplicate(session: Session, key: str, sop_instance_uid: str) -> bool:
-        found = session.scalar(_FIND_HELD_INSTANCE, {"key": key, "uid": sop_instance_uid})
-        return found is not None
-
-    @staticmethod
-    def _held_instances(session: Session, key: str) -> int:
-        """The patient's instances the node holds for use: received or accepted, not set aside."""
-        count = session.scalar(
-            select(func.count())
-            .select_from(NodeInstance)
-            .where(NodeInstance.patient_key == key, NodeInstance.state.in_(_HELD))
-        )
-        return int(count or 0)
+            tally.written_at = clock
 
     def _accept(self, session: Session, assoc_id: str, now: datetime) -> list[str]:
         mine = (NodeInstance.association_id == assoc_id, NodeInstance.state == RECEIVED)
@@ -487,25 +507,29 @@ def _instance_row(header: InstanceHeader, relative: Path, size: int, assoc_id: s
     }
 
 
-def _upsert_study(session: Session, header: InstanceHeader, calling_ae: str, now: datetime) -> None:
+def _upsert_study(connection: Connection, header: InstanceHeader, calling_ae: str, now: datetime) -> None:
     """Create or update the patient's ``NodeStudy``: alias, last arrival, who sent it."""
-    study = session.get(NodeStudy, header.patient_key)
-    if study is None:
-        session.add(
-            NodeStudy(
-                patient_key=header.patient_key,
-                patient_alias=patient_alias(header.patient_id),
-                first_received_at=now,
-                last_received_at=now,
-                pending=False,
-                state="receiving",
-                series=[],
-                job_ids=[],
-                calling_aes=[calling_ae],
-            )
-        )
+    key = header.patient_key
+    found = connection.execute(select(NodeStudy.calling_aes).where(NodeStudy.patient_key == key)).first()
+    if found is None:
+        study = {
+            "patient_key": key,
+            "patient_alias": patient_alias(header.patient_id),
+            "first_received_at": now,
+            "last_received_at": now,
+            "pending": False,
+            "state": "receiving",
+            "series": [],
+            "job_ids": [],
+            "calling_aes": [calling_ae],
+        }
+        connection.execute(insert(NodeStudy).values(study))
         return
-    study.last_received_at = now
-    if calling_ae not in study.calling_aes:
-        # A new list: the JSON column notices assignment, not in-place changes.
-        study.calling_aes = [*study.calling_aes, calling_ae]
+    calling_aes = list(found.calling_aes or [])
+    if calling_ae not in calling_aes:
+        calling_aes.append(calling_ae)
+    connection.execute(
+        update(NodeStudy)
+        .where(NodeStudy.patient_key == key)
+        .values(last_received_at=now, calling_aes=calling_aes)
+    )

@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 _REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 #: How often ended associations are looked for (those that ended without release or abort event).
 _REAPER_INTERVAL_S = 0.2
+#: How long pynetdicom's DUL thread sleeps when it finds nothing to do (its default is 1 ms).
+#: Each instance waits for it at least twice (data in, response out): at 1 ms that is most of
+#: an instance's time on loopback; at 0.2 ms an idle open association costs ~3% of a core.
+_DUL_IDLE_SLEEP_S = 0.0002
 
 
 class NodeServer:
@@ -127,6 +131,7 @@ class NodeServer:
 
     def _handlers(self) -> list[EventHandlerType]:
         return [
+            (evt.EVT_CONN_OPEN, handle_connection_open),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_C_ECHO, handle_echo),
@@ -211,6 +216,20 @@ class NodeServer:
                 assoc.join(timeout=self.settings.node_network_timeout_s)
             if not assoc.is_alive():
                 self._close(assoc, released=bool(assoc.is_released))
+
+
+def handle_connection_open(event: Event) -> None:
+    """Tune the new connection for many small request/response exchanges."""
+    try:
+        connection = event.assoc.dul.socket
+        if connection is not None and connection.socket is not None:
+            # One C-STORE response per instance: never hold it back for Nagle's algorithm.
+            connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # A private attribute of pynetdicom's DUL (3.0): no setting exists for it.
+        if hasattr(event.assoc.dul, "_run_loop_delay"):
+            event.assoc.dul._run_loop_delay = _DUL_IDLE_SLEEP_S
+    except Exception as error:
+        _log_unexpected("tuning a connection", None, error)
 
 
 def handle_echo(_event: Event) -> int:
