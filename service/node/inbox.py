@@ -305,7 +305,8 @@ class Inbox:
 
     def recover(self) -> None:
         """At start-up: associations left open by a previous process count as aborted, and its
-        temporary files (instances never answered) are deleted."""
+        temporary files (instances never answered) are deleted. Hence one running node per
+        database and storage root: a second one would end the first one's associations."""
         with self.database.session() as session:
             still_open = select(NodeAssociation.id).where(NodeAssociation.outcome == OPEN)
             leftovers = session.scalars(still_open).all()
