@@ -52,7 +52,8 @@ class Settings(WorkerSettings):
     #: The DICOM node (``rtinjury node``; its AE title is a worker setting): where it listens, who
     #: may call it.
     node_host: str = "127.0.0.1"
-    node_port: int = Field(default=11112, ge=1, le=65535)
+    #: 0 lets the system pick a free port (tests).
+    node_port: int = Field(default=11112, ge=0, le=65535)
     #: Callers allowed to store (JSON list of {"ae_title", "host"}); empty refuses everyone.
     node_peers: list[NodePeer] = Field(default_factory=list)
     #: A patient's study counts as complete this long after the last released association.
@@ -64,7 +65,7 @@ class Settings(WorkerSettings):
     node_network_timeout_s: float = Field(default=60.0, gt=0)
     #: Refuse instances (DIMSE "out of resources") when less than this is free on the storage root.
     node_min_free_bytes: int = Field(default=1024**3, ge=0)
-    #: Refuse instances beyond this many per patient that no job has used yet.
+    #: Refuse instances beyond this many per patient since its study was last completed.
     node_max_pending_instances: int = Field(default=20_000, ge=1)
     #: Routing rules and result destinations (YAML); unset means the packaged defaults.
     node_routes: Path | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import threading
 from types import FrameType
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
     from worker.dispatch import get_dispatcher
     from worker.errors import InputError
 
+    # pynetdicom logs every association and DIMSE message at INFO, with UIDs: warnings only.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     settings = get_settings()
     rules = load_routes(settings.node_routes)  # bad rules: one line and exit 2, before listening
     database = Database(settings.sqlalchemy_url)

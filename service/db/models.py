@@ -124,6 +124,8 @@ class NodeStudy(Base):
     last_released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Accepted instances that no assembly has looked at yet.
     pending: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    #: When the watcher last assembled the study (instances older than this have been used).
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: "receiving", "complete" (jobs made) or "incomplete" (``detail`` says what is missing).
     state: Mapped[str] = mapped_column(String(16), default="receiving")
     detail: Mapped[str | None] = mapped_column(String(500))

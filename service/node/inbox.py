@@ -11,26 +11,21 @@ clear: the patient is ``patient_key`` (SHA-256 of the PatientID) or its short al
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
 import threading
 import time
-import zlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import IntEnum
-from io import BytesIO
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from uuid import uuid4
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import FileMetaDataset
 from pydicom.filebase import DicomFileLike
-from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
-from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
@@ -39,6 +34,7 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db.engine import Database
 from service.db.models import NodeAssociation, NodeInstance, NodeStudy, utc_now
+from service.node.header import HeaderError, InstanceHeader, patient_alias, read_file_meta, read_header
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +42,6 @@ log = logging.getLogger(__name__)
 RECEIVED, ACCEPTED, ASIDE = "received", "accepted", "aside"
 OPEN, RELEASED, ABORTED = "open", "released", "aborted"
 
-#: The attributes the node routes on, all in groups 0008-0020, so reading stops after the last one.
-_HEADER_KEYWORDS = (
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "Modality",
-    "PatientID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-)
-_HEADER_TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in ("SpecificCharacterSet", *_HEADER_KEYWORDS)]
-_LAST_HEADER_TAG = Tag("SeriesInstanceUID")
-#: Inflated bytes read from a deflated dataset to find the header (it sits at the very start).
-_INFLATED_HEAD_BYTES = 4 * 1024**2
 _COPY_CHUNK_BYTES = 1024**2
 #: How often an open association's counts and its patients' last arrival are written (seconds).
 _PROGRESS_INTERVAL_S = 1.0
@@ -82,122 +65,9 @@ class StoreStatus(IntEnum):
     NODE_FAILURE = 0xC2FF
 
 
-def patient_key(patient_id: str) -> str:
-    """The patient without the identifier: SHA-256 of the PatientID, hex."""
-    return hashlib.sha256(patient_id.encode()).hexdigest()
-
-
-def patient_alias(patient_id: str) -> str:
-    """The short pseudonym shown in listings and logs; the formula of ``Case.patient_alias``."""
-    return "pt-" + patient_key(patient_id)[:10]
-
-
-class HeaderError(ValueError):
-    """The dataset's header cannot be read or lacks an attribute; the message names no value."""
-
-
-@dataclass(frozen=True)
-class InstanceHeader:
-    """The few attributes of a received instance the node needs to file it."""
-
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    sop_instance_uid: str
-    sop_class_uid: str
-    modality: str
-
-    @property
-    def patient_key(self) -> str:
-        return patient_key(self.patient_id)
-
-    @property
-    def file_name(self) -> str:
-        """The stored file's name: a hash of the SOPInstanceUID, so the UID is not in the path."""
-        return hashlib.sha256(self.sop_instance_uid.encode()).hexdigest()[:24] + ".dcm"
-
-
-def read_header(fp: BinaryIO, transfer_syntax: UID) -> InstanceHeader:
-    """Read the routing attributes of the dataset that starts at ``fp``'s position.
-
-    Reading stops after SeriesInstanceUID (group 0020), so pixel data and the big RT sequences
-    are never read, whatever the instance's size.
-
-    Raises
-    ------
-    HeaderError
-        When the dataset cannot be parsed or an attribute is missing or empty.
-    """
-    stream: BinaryIO = _inflated_head(fp) if transfer_syntax.is_deflated else fp
-    try:
-        dataset = read_dataset(
-            stream,
-            is_implicit_VR=transfer_syntax.is_implicit_VR,
-            is_little_endian=transfer_syntax.is_little_endian,
-            stop_when=_past_header,
-            specific_tags=_HEADER_TAGS,
-        )
-        values = {keyword: _required(dataset, keyword) for keyword in _HEADER_KEYWORDS}
-    except HeaderError:
-        raise
-    except Exception as error:
-        # pydicom's messages may quote values: keep only the kind of failure.
-        raise HeaderError(f"header unreadable ({type(error).__name__})") from None
-    return InstanceHeader(
-        patient_id=values["PatientID"],
-        study_uid=values["StudyInstanceUID"],
-        series_uid=values["SeriesInstanceUID"],
-        sop_instance_uid=values["SOPInstanceUID"],
-        sop_class_uid=values["SOPClassUID"],
-        modality=values["Modality"],
-    )
-
-
-def _past_header(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag > _LAST_HEADER_TAG
-
-
-def _required(dataset: Dataset, keyword: str) -> str:
-    value = dataset.get(keyword)
-    text = "" if value is None else str(value).strip()
-    if not text:
-        raise HeaderError(f"{keyword} is missing or empty")
-    return text
-
-
-def _inflated_head(fp: BinaryIO) -> BinaryIO:
-    """The first few MiB of a deflated dataset, inflated: enough for the header, never the rest."""
-    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    head = bytearray()
-    while len(head) < _INFLATED_HEAD_BYTES:
-        chunk = inflater.unconsumed_tail or fp.read(64 * 1024)
-        if not chunk:
-            break
-        head += inflater.decompress(chunk, _INFLATED_HEAD_BYTES - len(head))
-    return BytesIO(bytes(head))
-
-
-def read_file_meta(fp: BinaryIO) -> tuple[FileMetaDataset | None, int]:
-    """The file meta of a Part 10 file and where its dataset starts; ``(None, 0)`` without one.
-
-    pynetdicom writes a received dataset as a Part 10 file (preamble, meta from the command and
-    the presentation context, then the bytes as received); a bare dataset starts at 0.
-    """
-    fp.seek(0)
-    if fp.read(132)[128:] != b"DICM":
-        fp.seek(0)
-        return None, 0
-    # As pydicom's own reader does: the meta is the group 0002 elements, Explicit VR LE.
-    meta = read_dataset(fp, is_implicit_VR=False, is_little_endian=True, stop_when=_not_file_meta)
-    return FileMetaDataset(meta), fp.tell()
-
-
-def _not_file_meta(tag: BaseTag, _vr: str | None, _length: int) -> bool:
-    return tag.group != 0x0002
-
-
 # Statements built once: building them per instance costs more than running them.
 _HELD = (RECEIVED, ACCEPTED)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _FIND_HELD_INSTANCE = (
     select(NodeInstance.id)
     .where(
@@ -207,10 +77,20 @@ _FIND_HELD_INSTANCE = (
     )
     .limit(1)
 )
-_COUNT_HELD = (
+#: Instances of a patient that no completed study has used yet: those received since the
+#: watcher last settled the patient's study (the cap is per delivery, not per lifetime).
+_COUNT_UNUSED = (
     select(func.count())
     .select_from(NodeInstance)
-    .where(NodeInstance.patient_key == bindparam("key"), NodeInstance.state.in_(_HELD))
+    .where(
+        NodeInstance.patient_key == bindparam("key"),
+        NodeInstance.state.in_(_HELD),
+        NodeInstance.received_at
+        > func.coalesce(
+            select(NodeStudy.settled_at).where(NodeStudy.patient_key == bindparam("key")).scalar_subquery(),
+            bindparam("epoch"),
+        ),
+    )
 )
 _INSERT_INSTANCE = insert(NodeInstance)
 _SET_COUNTS = (
@@ -406,7 +286,9 @@ class Inbox:
             log.debug("association %s: duplicate instance %s dropped", assoc_id, header.file_name)
             return StoreStatus.SUCCESS
         if key not in tally.held:
-            tally.held[key] = int(connection.execute(_COUNT_HELD, {"key": key}).scalar_one())
+            tally.held[key] = int(
+                connection.execute(_COUNT_UNUSED, {"key": key, "epoch": _EPOCH}).scalar_one()
+            )
         if tally.held[key] >= self.settings.node_max_pending_instances:
             log.warning("association %s: instance refused, %s holds too many", assoc_id, key[:10])
             return StoreStatus.TOO_MANY_PENDING
@@ -442,7 +324,7 @@ class Inbox:
             session.execute(
                 update(NodeStudy)
                 .where(NodeStudy.patient_key.in_(patients))
-                .values(pending=True, last_released_at=now, state="receiving")
+                .values(pending=True, last_released_at=now, state="receiving", detail=None)
             )
         return patients
 

@@ -180,6 +180,7 @@ class StudyWatcher:
         jobs: list[str] | None = None,
     ) -> None:
         study.state, study.detail, study.series, study.pending = state, detail, series, False
+        study.settled_at = self.clock()
         if jobs is not None:
             study.job_ids = jobs
         session.commit()

@@ -18,8 +18,9 @@ from sqlalchemy import select
 
 from service.config import Settings
 from service.db.engine import Database
-from service.db.models import NodeAssociation, NodeInstance, NodeStudy
-from service.node.inbox import Inbox, StoreStatus, patient_alias, patient_key, read_file_meta
+from service.db.models import NodeAssociation, NodeInstance, NodeStudy, utc_now
+from service.node.header import patient_alias, patient_key, read_file_meta
+from service.node.inbox import Inbox, StoreStatus
 from worker.stages.assemble.case import Case
 
 
@@ -178,6 +179,15 @@ def test_a_patient_at_the_pending_cap_is_refused(node_settings, node_database, c
     # The count comes from the records too, not only from this association's tally.
     inbox.open_association("a2", "PACS", "127.0.0.1")
     assert inbox.store("a2", *_received(inbox, ct_files[2])) == StoreStatus.TOO_MANY_PENDING
+    inbox.close_association("a2", released=True)
+
+    # Once the watcher has assembled the study, those instances are used: the cap starts over.
+    with node_database.session() as session:
+        [study] = session.scalars(select(NodeStudy))
+        study.settled_at = utc_now()
+        session.commit()
+    inbox.open_association("a3", "PACS", "127.0.0.1")
+    assert inbox.store("a3", *_received(inbox, ct_files[2])) == StoreStatus.SUCCESS
 
 
 def test_low_disk_is_out_of_resources(node_settings, node_database, ct_files):

@@ -41,12 +41,17 @@ class Case:
     @property
     def patient_alias(self) -> str:
         """A short stable pseudonym of the patient, safe for logs and listings."""
-        return "pt-" + hashlib.sha256(self.patient_id.encode()).hexdigest()[:10]
+        return patient_alias(self.patient_id)
 
     @property
     def same_frame_of_reference(self) -> bool:
         """Follow-up and planning CT share coordinates (no registration needed)."""
         return self.followup.first.frame_of_reference_uid == self.planning_ct.first.frame_of_reference_uid
+
+
+def patient_alias(patient_id: str) -> str:
+    """The patient's pseudonym (the DICOM node files by the same formula)."""
+    return "pt-" + hashlib.sha256(patient_id.encode()).hexdigest()[:10]
 
 
 @dataclass
