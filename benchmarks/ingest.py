@@ -61,7 +61,7 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, default=None, help="keep the study and the stores here")
     args = parser.parse_args()
     for tool in ("storescu", "Orthanc"):
-        if shutil.which(tool) is None:
+        if _system_tool(tool) is None:
             say(f"{tool} is not installed (.ci/run installs it)")
             return 2
     logging.basicConfig(level=logging.WARNING)
@@ -166,8 +166,26 @@ def _push_to_orthanc(study: Path, workdir: Path, env: dict[str, str], expected: 
     return seconds
 
 
+def _system_tool(name: str) -> str | None:
+    """dcmtk's tool, not pynetdicom's same-named script in this virtual environment's bin."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    folders = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin]
+    return shutil.which(name, path=os.pathsep.join(folders))
+
+
 def _storescu(study: Path, called_ae: str, host: str, port: int, env: dict[str, str]) -> float:
-    command = ["storescu", "-R", "+sd", "+r", "+sp", "*.dcm", "-aet", CALLING_AE, "-aec", called_ae]
+    command = [
+        str(_system_tool("storescu")),
+        "-R",
+        "+sd",
+        "+r",
+        "+sp",
+        "*.dcm",
+        "-aet",
+        CALLING_AE,
+        "-aec",
+        called_ae,
+    ]
     command += [host, str(port), str(study)]
     started = time.perf_counter()
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=3600)

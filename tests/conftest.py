@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from pathlib import Path
 
 import pydicom
@@ -11,6 +14,14 @@ from models.synth import write_synthetic_patients
 
 #: Real public DICOM-RT files (see each folder's SOURCE.md); shared/ sits beside the clone.
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def system_tool(name: str) -> str | None:
+    """``name`` on the PATH, skipping this virtual environment's bin folder: pynetdicom installs
+    its own storescu, echoscu and storescp there, which shadow dcmtk's once the venv is active."""
+    venv_bin = Path(sys.executable).parent.resolve()
+    folders = [d for d in os.environ.get("PATH", "").split(os.pathsep) if d and Path(d).resolve() != venv_bin]
+    return shutil.which(name, path=os.pathsep.join(folders))
 
 
 @pytest.fixture(autouse=True)

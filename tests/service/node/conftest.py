@@ -8,7 +8,6 @@ Fixtures: ``node_settings``, ``node_database``, ``start_node``, ``echoscu``, ``s
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 from service.config import NodePeer, Settings
 from service.db.engine import Database
 from service.node.server import NodeServer
+from tests.conftest import system_tool
 
 #: The calling AE title the tests' peers use, allowed from 127.0.0.1.
 PEER_AE = "PACS"
@@ -31,7 +31,7 @@ def dcmtk_tool() -> Callable[[str], str]:
     """``dcmtk_tool("storescu")``: the tool's path; the test fails (not skips) when it is missing."""
 
     def find(name: str) -> str:
-        path = shutil.which(name)
+        path = system_tool(name)
         if path is None:
             pytest.fail(f"{name} (dcmtk) is not installed (.ci/run installs it)", pytrace=False)
         return path

@@ -12,6 +12,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
+from tests.conftest import system_tool
 from tests.worker.jobs.conftest import new_job
 from worker.jobs import pipeline
 from worker.jobs.folder import JobFolder
@@ -34,7 +35,7 @@ def _free_port() -> int:
 @pytest.fixture
 def storescp(tmp_path: Path) -> Iterator[tuple[Destination, Path]]:
     """A dcmtk storescp that writes what it receives into a folder."""
-    binary = shutil.which("storescp")
+    binary = system_tool("storescp")
     if binary is None:
         pytest.fail("dcmtk storescp is not installed (.ci/run installs it)", pytrace=False)
     received = tmp_path / "received"
