@@ -284,3 +284,44 @@ def test_a_job_whose_folder_is_gone_keeps_its_record(
     folder_of(settings, job_id).remove()
     shown = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()
     assert (shown["state"], shown["stage"], shown["progress"]) == ("running", "dose", 55)
+
+
+def test_deliveries_show_after_success_and_a_resend_is_queued(
+    client: TestClient, settings: Settings, job: dict[str, object]
+) -> None:
+    from worker.jobs.spec import Destination, read_spec, write_spec
+    from worker.jobs.status import Delivery
+
+    job_id = str(job["id"])
+    finish(settings, job_id)
+    assert client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["deliveries"] == []
+    no_destinations = client.post(f"/v1/jobs/{job_id}/deliver", headers=AUTH)
+    assert no_destinations.status_code == 409 and no_destinations.json()["code"] == "no-destinations"
+
+    # A node job: the spec names a destination, the worker's deliver stage records its outcome
+    # after the job had already finished; reading the job shows it.
+    folder = folder_of(settings, job_id)
+    spec = read_spec(folder.spec_path)
+    spec.destinations = [Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=11113)]
+    write_spec(spec, folder.spec_path)
+    with Database(settings.sqlalchemy_url).session() as session:
+        record = session.get(JobRecord, job_id)
+        assert record is not None
+        record.spec = spec.model_dump(mode="json")
+        session.commit()
+    status = read_status(folder.status_path)
+    status.deliveries = [Delivery(destination="pacs", state="failed", attempts=3, failed=3, error="refused")]
+    write_status(status, folder.status_path)
+    [delivery] = client.get(f"/v1/jobs/{job_id}", headers=AUTH).json()["deliveries"]
+    assert (delivery["destination"], delivery["state"], delivery["attempts"]) == ("pacs", "failed", 3)
+
+    resend = client.post(f"/v1/jobs/{job_id}/deliver", headers=AUTH)
+    assert resend.status_code == 202, resend.text
+    assert any("rtinjury.deliver" in m and job_id in m for m in queued_messages(settings))
+
+
+def test_studies_need_a_key_and_list_what_the_node_holds(client: TestClient) -> None:
+    assert client.get("/v1/studies").status_code == 401
+    answer = client.get("/v1/studies", headers=AUTH)
+    assert answer.status_code == 200 and answer.json() == {"data": [], "count": 0, "limit": 50, "offset": 0}
+    assert client.get("/v1/studies?state=bogus", headers=AUTH).status_code == 422

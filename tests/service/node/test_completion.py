@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pydicom
+from pydantic import SecretStr
 from sqlalchemy import select
 
 from service.config import Settings
@@ -87,3 +88,20 @@ def test_sent_twice_runs_once_and_late_doses_run_again(
     assert jobs[first].job_key != jobs[second].job_key
     assert all(j.source == "node" for j in jobs.values())
     assert _study(node_database).job_ids == [first, second]
+
+    # What the API shows of it: the patient by alias, the series with their roles, both jobs.
+    from fastapi.testclient import TestClient
+
+    from service.main import create_app
+
+    key = "node-test-key-0123456789"
+    with TestClient(create_app(settings.model_copy(update={"api_key": SecretStr(key)}))) as client:
+        answer = client.get("/v1/studies", headers={"Authorization": f"Bearer {key}"})
+    assert answer.status_code == 200, answer.text
+    [study] = answer.json()["data"]
+    assert study["state"] == "complete" and study["job_ids"] == [first, second]
+    assert study["patient_alias"].startswith("pt-") and study["calling_aes"] == ["PACS"]
+    roles = sorted(s["role"] for s in study["series"] if s["role"])
+    # The second send carried the ground-truth SEG too: held, shown, never a job input.
+    assert roles == ["RTDOSE", "RTDOSE", "RTPLAN", "follow-up (ct)", "planning CT", "segmentation"]
+    assert study["instances"]["accepted"] == sum(s["instances"] for s in study["series"])
