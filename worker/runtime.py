@@ -77,11 +77,45 @@ def _load(settings: WorkerSettings) -> ModelRuntime:
 def model_problem(settings: WorkerSettings) -> str | None:
     """None when the configured weights are there to load; otherwise what is wrong (for /readyz)."""
     if settings.model is None:
-        from models.demo import DEMO_CHECKPOINT, DEMO_ONNX_DIR
-
-        wanted = DEMO_ONNX_DIR if settings.runtime == "onnxruntime" else DEMO_CHECKPOINT
+        wanted = _demo_weights(settings.runtime)
         return None if wanted.exists() else "the packaged demo weights are missing from this install"
     path = Path(settings.model)
     if path.is_dir():
         return None if (path / "manifest.json").is_file() else "the model folder has no manifest.json"
     return None if path.is_file() else "the configured model file does not exist"
+
+
+def model_fingerprint(settings: WorkerSettings) -> str:
+    """What identifies the configured network's weights, without loading them (no torch): the
+    SHA-256 of a checkpoint file, or the weights hash an ONNX export's manifest records.
+
+    Raises
+    ------
+    models.errors.CheckpointError
+        Nothing usable where the settings point.
+    """
+    import hashlib
+    import json
+
+    from models.errors import CheckpointError
+
+    path = Path(settings.model) if settings.model is not None else _demo_weights(settings.runtime)
+    if path.is_dir():
+        try:
+            manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise CheckpointError(f"{path}: no readable manifest.json ({type(error).__name__})") from None
+        return f"onnx:{manifest.get('weights_sha256') or ''}"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such model file or export folder")
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"file:{digest.hexdigest()}"
+
+
+def _demo_weights(runtime: str) -> Path:
+    from models.demo import DEMO_CHECKPOINT, DEMO_ONNX_DIR
+
+    return DEMO_ONNX_DIR if runtime == "onnxruntime" else DEMO_CHECKPOINT

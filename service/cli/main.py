@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from models.errors import ModelError
 from service.cli import (
+    audit_cmd,
     demo_cmd,
     evaluate_cmd,
     export_onnx_cmd,
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.register(commands)
     keys_cmd.register(commands)
     node_cmd.register(commands)
+    audit_cmd.register(commands)
     return parser
 
 

@@ -73,6 +73,11 @@ def load_prepared(work: Path) -> PreparedCase:
     return with_region(registration, dose, float(facts["tau"]))
 
 
+def load_transform(work: Path) -> sitk.Transform:
+    """The registration's transform alone: follow-up points to planning CT points."""
+    return sitk.ReadTransform(str(work / TRANSFORM))
+
+
 def load_followup(work: Path) -> sitk.Image:
     return sitk.ReadImage(str(work / FOLLOWUP))
 

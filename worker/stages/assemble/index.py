@@ -7,7 +7,7 @@ its name, because silently skipping it would leave a hole in a series.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,21 +98,31 @@ class StudyIndex:
         return {i.patient_id for s in self.series for i in s.instances}
 
 
-def index_files(files: Iterable[Path]) -> StudyIndex:
+def index_files(
+    files: Iterable[Path], on_error: Callable[[Path, DicomReadError], None] | None = None
+) -> StudyIndex:
     """Read the headers of ``files`` and group them into series.
 
-    Duplicate SOP instances (the same SOPInstanceUID in two files) are kept once.
+    Duplicate SOP instances (the same SOPInstanceUID in two files) are kept once. ``on_error``
+    takes the damaged files instead of raising (a batch audit records them against their patient
+    and goes on; a job must not run on a series with a hole).
 
     Raises
     ------
     worker.errors.DicomReadError
-        A file looks like DICOM but is truncated or unreadable.
+        A file looks like DICOM but is truncated or unreadable (unless ``on_error`` is given).
     """
     index = StudyIndex(series=[])
     by_series: dict[str, Series] = {}
     seen: set[str] = set()
     for path in files:
-        instance = _instance(path, index)
+        try:
+            instance = _instance(path, index)
+        except DicomReadError as error:
+            if on_error is None:
+                raise
+            on_error(path, error)
+            continue
         if instance is None or instance.sop_instance_uid in seen:
             continue
         seen.add(instance.sop_instance_uid)

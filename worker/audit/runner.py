@@ -1,0 +1,192 @@
+"""Running an audit's items: which ones still need to run, and running them in parallel.
+
+Local mode runs the pipeline in this process (one worker) or in worker processes (several;
+each loads the network once). Celery mode turns each item into a job for the Celery workers and
+watches its status. Either way a finished item is recorded at once, a failing one is recorded
+with its reason, and nothing stops the batch but the user.
+
+Ctrl-C: no new item starts; the running ones finish and are recorded (a second Ctrl-C abandons
+them, and they run again next time). Celery jobs already queued carry on in the workers and are
+picked up, not queued again, by the next run.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from multiprocessing import active_children, get_context
+from typing import Any
+
+from worker.audit.discovery import AuditItem, Discovery
+from worker.audit.items import ItemSettings, collect_row, known_failure_row, prepare_job, run_local
+from worker.audit.ledger import AuditPaths, FileDigests, Ledger, item_key
+from worker.audit.rows import FAILED
+from worker.errors import InputError
+from worker.jobs.folder import JobFolder
+from worker.jobs.status import read_status
+from worker.settings import WorkerSettings
+
+logger = logging.getLogger(__name__)
+
+RowCallback = Callable[[dict[str, Any]], None]
+#: A Celery job whose status has not changed for this long is taken as lost and queued again.
+STALE_JOB_S = 1800.0
+
+
+@dataclass
+class Plan:
+    """Every item with its key, and which of them this run processes."""
+
+    keyed: list[tuple[str, AuditItem]]
+    to_run: list[tuple[str, AuditItem]] = field(default_factory=list)
+    finished: int = 0
+    failed_kept: int = 0
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.keyed]
+
+
+def make_plan(
+    discovery: Discovery, ledger: Ledger, digests: FileDigests, fingerprint: str, *, retry_failed: bool
+) -> Plan:
+    """Key every item; skip those finished before (failed ones too, unless ``retry_failed``)."""
+    plan = Plan(keyed=[(item_key(item, digests, fingerprint), item) for item in discovery.items])
+    digests.save()
+    for key, item in plan.keyed:
+        record = ledger.record(key)
+        if record is None or (record["row"].get("status") == FAILED and retry_failed):
+            plan.to_run.append((key, item))
+        elif record["row"].get("status") == FAILED:
+            plan.failed_kept += 1
+        else:
+            plan.finished += 1
+    return plan
+
+
+@dataclass(frozen=True)
+class RunContext:
+    paths: AuditPaths
+    item_settings: ItemSettings
+    worker_settings: WorkerSettings
+    run_id: str
+
+
+def run_local_items(
+    items: list[tuple[str, AuditItem]], context: RunContext, workers: int, on_row: RowCallback
+) -> None:
+    """Run ``items`` here (``workers`` == 1) or in ``workers`` processes."""
+    if workers <= 1:
+        for key, item in items:
+            on_row(_run_one(key, item, context))
+        return
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        # spawn: a fresh interpreter per worker, never a fork of a process holding threads.
+        mp_context=get_context("spawn"),
+        initializer=_ignore_interrupts,
+    )
+    futures: list[Future[dict[str, Any]]] = [pool.submit(_run_one, key, item, context) for key, item in items]
+    try:
+        for future in as_completed(futures):
+            on_row(future.result())
+    except KeyboardInterrupt:
+        _stop_pool(pool, futures, on_row)
+        raise
+    pool.shutdown()
+
+
+def _run_one(key: str, item: AuditItem, context: RunContext) -> dict[str, Any]:
+    return run_local(item, key, context.paths, context.item_settings, context.run_id, context.worker_settings)
+
+
+def _ignore_interrupts() -> None:
+    # Ctrl-C reaches the whole process group; only the coordinator decides what stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_pool(pool: ProcessPoolExecutor, futures: list[Future[dict[str, Any]]], on_row: RowCallback) -> None:
+    running = sum(1 for f in futures if f.running())
+    logger.warning(
+        "interrupted: letting %d running follow-up(s) finish; Ctrl-C again to abandon them", running
+    )
+    for future in futures:
+        future.cancel()
+    try:
+        for future in futures:
+            if not future.cancelled():
+                on_row(future.result())
+    except KeyboardInterrupt:
+        for child in active_children():
+            child.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_celery_items(
+    items: list[tuple[str, AuditItem]],
+    context: RunContext,
+    window: int,
+    on_row: RowCallback,
+    *,
+    poll_s: float = 1.0,
+) -> None:
+    """Queue ``items`` as jobs for the Celery workers, at most ``window`` at a time, and record
+    each as it finishes.
+
+    Raises
+    ------
+    worker.errors.InputError
+        No broker is configured, or it does not answer.
+    """
+    from worker.dispatch import get_dispatcher
+
+    settings = context.worker_settings
+    if not settings.broker_url:
+        raise InputError("--celery needs RTINJURY_BROKER_URL: the broker (Redis) the workers listen on")
+    dispatcher = get_dispatcher(settings)
+    problem = dispatcher.ping()
+    if problem:
+        raise InputError(f"--celery: {problem}")
+    ledger = Ledger(context.paths)
+    pending = deque(items)
+    running: dict[str, tuple[AuditItem, JobFolder]] = {}
+    while pending or running:
+        while pending and len(running) < window:
+            key, item = pending.popleft()
+            if item.problem is not None:
+                _record(ledger, key, known_failure_row(item, key, context.run_id), on_row)
+                continue
+            folder = JobFolder.under(settings.storage_root, key[:32])
+            if not _adopt(folder):
+                prepare_job(item, folder, context.item_settings)
+                dispatcher.submit(folder.job_id)
+            running[key] = (item, folder)
+        time.sleep(poll_s)
+        for key, (item, folder) in list(running.items()):
+            if read_status(folder.status_path).state.finished:
+                _record(ledger, key, collect_row(item, key, folder, context.paths, context.run_id), on_row)
+                folder.remove()
+                del running[key]
+
+
+def _adopt(folder: JobFolder) -> bool:
+    """A job of this item queued by an interrupted run is still alive: watch it, do not queue it
+    again (which would process the follow-up twice)."""
+    if not folder.exists() or not folder.spec_path.is_file():
+        return False
+    if not folder.status_path.is_file():
+        return False
+    status = read_status(folder.status_path)
+    if status.state.finished:
+        return True
+    return time.time() - status.updated_at.timestamp() < STALE_JOB_S
+
+
+def _record(ledger: Ledger, key: str, row: dict[str, Any], on_row: RowCallback) -> None:
+    ledger.write(key, row)
+    on_row(row)
