@@ -86,8 +86,10 @@ def write_synthetic_patients(
     seed : int
         Non-negative; the same seed (and arguments) writes byte-identical files.
     followups : int
-        Follow-up scans per patient (1–10), at increasing dates; the lesion
-        grows from one to the next.
+        Follow-up scans per patient (1–10), at increasing dates. With two or
+        more, the lesion follows a course fixed by the task and index (growing,
+        shrinking, or peaking from three follow-ups on; ``lesion_course`` in
+        case.json), changing by a factor of about 1.6 or more between scans.
     size : str
         "small" (coarse grids, fast: for tests) or "full" (clinical-like grids).
 

@@ -4,6 +4,12 @@ Coordinates are DICOM patient coordinates (LPS, mm). ``true_transform`` maps
 follow-up (fixed) points to planning (moving) points; the top-level copy and
 the top-level ``lesion`` describe the first follow-up, every follow-up has its
 own under ``followups``. ``demographics.age`` is the age at the first follow-up.
+
+With two or more follow-ups, ``lesion_course`` ("growing", "shrinking" or
+"peaking") names the order of the follow-ups' ``lesion.volume_cc``, which
+holds strictly (successive volumes differ by a factor of about 1.6 or more).
+With one follow-up the key is absent, so those case.json files stay as they
+were before courses existed.
 """
 
 from __future__ import annotations
@@ -90,6 +96,7 @@ def build_case_json(
     """The case.json content (JSON-ready dict)."""
     entries = [_followup(p, k, rec) for k, rec in enumerate(followups)]
     first = entries[0]
+    course = {} if p.lesion_course is None else {"lesion_course": p.lesion_course}
     return {
         "schema_version": SCHEMA_VERSION,
         "task": p.task,
@@ -109,6 +116,7 @@ def build_case_json(
         },
         "demographics": {"age": p.patient.age_on(p.followups[0].date), "sex": p.patient.sex},
         "true_transform": first["true_transform"],
+        **course,
         "lesion": first["lesion"] | {"shape": p.lesion.to_dict(), "segment": _codes(p.task)},
         "dose": {
             "max_gy": _r(planning.max_dose_gy),

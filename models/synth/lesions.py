@@ -2,9 +2,19 @@
 
 A lesion is an irregular blob: an ellipsoid whose radius is modulated by a few
 low-frequency waves over direction. ``shape_coordinate`` returns a value ``q0``
-with the blob at scale ``s`` being ``{q0 < s}``, so growth over follow-ups is a
-change of scale only. The ground truth is the blob clipped to the host tissue:
-the mandible for ORN, the parenchyma of one temporal lobe for CE and CRN.
+with the blob at scale ``s`` being ``{q0 < s}``, so a change of volume over
+follow-ups is a change of scale only. The ground truth is the blob clipped to
+the host tissue: the mandible for ORN, the parenchyma of one temporal lobe for
+CE and CRN.
+
+With two or more follow-ups the volume follows a course fixed by construction,
+one of ``COURSES``: "growing", "shrinking", or "peaking" (rising to a peak at
+follow-up ``count // 2``, 0-based, then falling; three follow-ups or more).
+Successive volumes differ by a factor of at least 1.6, so a segmentation with
+a Dice of about 0.8 still orders them, and stay within 0.4–3 cc, about the
+range the demo network was trained on (0.4–2 cc); longer courses start lower
+or, past 5 steps, change by less (see ``_course_volumes``). A single
+follow-up keeps its original draw (0.4–2 cc).
 """
 
 from __future__ import annotations
@@ -20,8 +30,23 @@ from .shapes import vec3
 from .tissues import is_parenchyma
 
 VOLUME_RANGE_CC = (0.2, 5.0)
+COURSES = ("growing", "shrinking", "peaking")
+# One follow-up: the original draw, kept as is because the demo network's
+# training and test data are generated from it (same seed, same bytes).
 _FIRST_VOLUME_CC = (0.4, 2.0)
-_LARGEST_VOLUME_CC = 4.5
+_SINGLE_GROWTH = (1.15, 1.5)
+# Courses: the smallest volume and the factor between successive follow-ups.
+# A factor of 1.6 keeps the order of the volumes readable through a
+# segmentation with a Dice of about 0.8 (volume errors of some 20 %).
+_SMALLEST_VOLUME_CC = (0.4, 0.6)
+_FACTOR = (1.6, 1.8)
+_LARGEST_VOLUME_CC = 3.0
+# How far the smallest volume may drop to keep the factor for long courses.
+_SMALLEST_FLOOR_CC = 0.25
+# The fallback for lesions that do not fit the high-dose region shrinks every
+# volume by this factor, down to a smallest volume of this floor.
+_SHRINK = 0.7
+_SHRINK_FLOOR_CC = VOLUME_RANGE_CC[0] * 1.5
 # Margin over the 0.8·Dmax threshold: the dose grid is sampled coarsely and
 # interpolated, so the analytic dose must clear the threshold with room to spare.
 _DOSE_MARGIN = 1.03
@@ -151,12 +176,69 @@ def _candidate_centre(task: str, side: int, rng: np.random.Generator) -> np.ndar
     return np.asarray(lobe.centre) + rng.uniform(-1.0, 1.0, 3) * np.array([6.0, 12.0, 7.0])
 
 
-def _target_volumes(rng: np.random.Generator, count: int) -> np.ndarray:
+@dataclass(frozen=True)
+class _VolumeCourse:
+    """Target volumes ``smallest * factor ** steps`` (cc), one per follow-up."""
+
+    smallest: float
+    factor: float
+    steps: np.ndarray
+
+    def volumes(self) -> np.ndarray:
+        return self.smallest * self.factor**self.steps
+
+    def shrunk(self) -> _VolumeCourse:
+        """Every volume smaller by the same ratio, so the course keeps its order."""
+        # The outer min never lets the floor raise a smallest volume already
+        # under it (long courses start at 0.25 cc).
+        smallest = min(self.smallest, max(self.smallest * _SHRINK, _SHRINK_FLOOR_CC))
+        return replace(self, smallest=smallest)
+
+
+def _course_steps(course: str, count: int) -> np.ndarray:
+    """Exponent of the factor at each follow-up: 0 at the smallest volume."""
+    k = np.arange(count)
+    if course == "growing":
+        return k
+    if course == "shrinking":
+        return count - 1 - k
+    peak = count // 2
+    return peak - np.abs(k - peak)
+
+
+def _single_volume(rng: np.random.Generator) -> _VolumeCourse:
     first = np.exp(rng.uniform(*np.log(_FIRST_VOLUME_CC)))
-    growth = rng.uniform(1.15, 1.5)
-    if count > 1 and first * growth ** (count - 1) > _LARGEST_VOLUME_CC:
-        growth = (_LARGEST_VOLUME_CC / first) ** (1.0 / (count - 1))
-    return first * growth ** np.arange(count)
+    # Drawn so that the generator's later draws stay where they were; with one
+    # volume it scales nothing.
+    growth = rng.uniform(*_SINGLE_GROWTH)
+    return _VolumeCourse(first, growth, np.arange(1))
+
+
+def _course_volumes(rng: np.random.Generator, course: str, count: int) -> _VolumeCourse:
+    """Smallest volume in 0.4–0.6 cc, factor in 1.6–1.8, the largest at most 3 cc.
+
+    When the largest would pass 3 cc the factor is lowered first, not under
+    1.6; then the smallest volume, not under 0.25 cc (under 0.4 cc only from 5
+    steps: growing or shrinking over 6 follow-ups, peaking over 10). With both
+    at their floor only ``log(3 / 0.25) / log(1.6)`` ≈ 5.3 steps fit: growing
+    or shrinking over 7 follow-ups or more (peaking over 12 or more) gets the
+    largest factor that fits, ``12 ** (1 / steps)``, under 1.6 (1.32 over 10).
+    """
+    steps = _course_steps(course, count)
+    n = int(steps.max())
+    smallest = rng.uniform(*_SMALLEST_VOLUME_CC)
+    factor = rng.uniform(*_FACTOR)
+    factor = min(factor, max(_FACTOR[0], (_LARGEST_VOLUME_CC / smallest) ** (1.0 / n)))
+    smallest = min(smallest, max(_SMALLEST_FLOOR_CC, _LARGEST_VOLUME_CC / factor**n))
+    factor = min(factor, (_LARGEST_VOLUME_CC / smallest) ** (1.0 / n))
+    return _VolumeCourse(smallest, factor, steps)
+
+
+def _check_course(course: str, count: int) -> None:
+    if course not in COURSES:
+        raise ValueError(f"course must be one of {', '.join(COURSES)}, got {course!r}")
+    if course == "peaking" and count < 3:
+        raise ValueError(f"a peaking course needs at least 3 follow-ups, got {count}")
 
 
 def _local_points(centre: np.ndarray, half: float, step: float) -> tuple[np.ndarray, ...]:
@@ -171,7 +253,9 @@ def _touches_border(mask: np.ndarray) -> bool:
 
 def _fit(lesion: Lesion, volumes_cc: np.ndarray, dose: DoseModel) -> tuple[Lesion, LesionFit] | None:
     """Choose scales giving the target volumes; None if the lesion leaves the high dose."""
-    r_eq = (3.0 * volumes_cc[-1] * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+    # The largest volume, wherever it falls in the course, sets the sampling
+    # box and is the one checked against the high-dose region.
+    r_eq = (3.0 * volumes_cc.max() * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
     half = (3.0 if lesion.task == "orn" else 2.0) * r_eq + 4.0
     step = float(np.clip(r_eq / 10.0, *_FINE_MM))
     x, y, z = _local_points(lesion.centre, half, step)
@@ -179,10 +263,10 @@ def _fit(lesion: Lesion, volumes_cc: np.ndarray, dose: DoseModel) -> tuple[Lesio
     host = lesion.host_mask(x, y, z, tissue_labels(x, y, z))
     ordered = np.sort(q0[host])
     counts = np.round(volumes_cc * 1000.0 / step**3).astype(int)
-    if len(ordered) < counts[-1] or np.any(counts < 1):
+    if len(ordered) < counts.max() or np.any(counts < 1):
         return None
     scales = ordered[counts - 1].astype(float) + 1e-6
-    largest = host & (q0 < scales[-1])
+    largest = host & (q0 < scales.max())
     threshold = HIGH_DOSE_FRACTION * dose.peak_gy * _DOSE_MARGIN
     if _touches_border(largest) or dose.evaluate(x[largest], y[largest], z[largest]).min() < threshold:
         return None
@@ -196,22 +280,40 @@ def _fit(lesion: Lesion, volumes_cc: np.ndarray, dose: DoseModel) -> tuple[Lesio
 
 
 def place_lesion(
-    task: str, side: int, dose: DoseModel, count: int, rng: np.random.Generator
+    task: str,
+    side: int,
+    dose: DoseModel,
+    count: int,
+    rng: np.random.Generator,
+    course: str = "growing",
 ) -> tuple[Lesion, LesionFit]:
     """Draw a lesion in the host tissue, inside the ≥ 0.8·Dmax region, for ``count`` follow-ups.
 
-    Volumes start at 0.4–2 cc and grow by 15–50 % per follow-up, capped at
-    4.5 cc; after repeated failures to fit the high-dose region the volumes
-    shrink.
+    With one follow-up the volume is 0.4–2 cc (``course`` has no effect).
+    With more, the volumes follow ``course``, one of ``COURSES``: "growing",
+    "shrinking" or "peaking" (up to follow-up ``count // 2``, 0-based, then
+    down; at least 3 follow-ups). Successive volumes differ by a factor of
+    1.6–1.8 and lie within 0.4–3 cc while the course spans at most 4 steps
+    from its smallest volume (``_course_volumes`` says what longer courses
+    give up). After repeated failures to fit the high-dose region every volume
+    shrinks by the same ratio, which keeps the course.
+
+    Raises
+    ------
+    ValueError
+        For an unknown course, or "peaking" with fewer than 3 follow-ups.
+    RuntimeError
+        If no lesion fits the high-dose region.
     """
-    volumes = _target_volumes(rng, count)
+    _check_course(course, count)
+    target = _single_volume(rng) if count == 1 else _course_volumes(rng, course, count)
     for attempt in range(200):
         if attempt and attempt % 40 == 0:
-            volumes = np.maximum(volumes * 0.7, VOLUME_RANGE_CC[0] * 1.5)
+            target = target.shrunk()
         centre = _candidate_centre(task, side, rng)
         if dose.evaluate(*centre) < _CENTRE_DOSE_FRACTION * dose.peak_gy:
             continue
-        result = _fit(_sample_shape(task, side, centre, rng), volumes, dose)
+        result = _fit(_sample_shape(task, side, centre, rng), target.volumes(), dose)
         if result is not None:
             return result
     raise RuntimeError(f"could not place a {task} lesion in the high-dose region")

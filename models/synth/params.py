@@ -4,6 +4,11 @@ A case is keyed by (seed, task, index, size, followups); every random draw comes
 from a NumPy generator seeded by that key plus a stream name, so one part of
 the case (say the noise of a follow-up image) does not shift when another part
 changes.
+
+The course of the lesion volume over two or more follow-ups is not random: it
+cycles through ``COURSES`` with the patient index, offset by task, so three
+consecutive indices of one task, or one index of each of the three tasks,
+hold every course (see ``lesion_course``).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import numpy as np
 from .dicom_common import PatientInfo
 from .dose import DoseModel, sample_dose_model
 from .geometry import Grid
-from .lesions import Lesion, LesionFit, place_lesion
+from .lesions import COURSES, Lesion, LesionFit, place_lesion
 from .transform import TrueTransform, sample_transform
 
 TASKS = ("orn", "ce", "crn")
@@ -35,6 +40,9 @@ _DAYS_PER_MONTH = 30.44
 # Centre of rotation of the misalignment: the middle of the head, so the
 # rotation also displaces the lesion (as a tilted head on the couch would).
 _ROTATION_CENTRE = np.array([0.0, 0.0, -20.0])
+# Shifts the course cycle per task, so ``--task all`` with one case per task
+# already holds every course.
+_COURSE_OFFSET = {"orn": 0, "ce": 1, "crn": 2}
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class CaseParams:
     treatment_end: dt.date
     planning_grid: Grid
     dose_model: DoseModel
+    lesion_course: str | None
     lesion: Lesion
     lesion_fit: LesionFit
     followups: tuple[FollowupParams, ...]
@@ -109,6 +118,18 @@ def stream_rng(key: str, stream: str) -> np.random.Generator:
     """A generator seeded by the case key and a stream name (stable across runs)."""
     digest = hashlib.sha256(f"{key}#{stream}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def lesion_course(task: str, index: int, count: int) -> str | None:
+    """The course of the lesion volume over ``count`` follow-ups; None for one follow-up.
+
+    ``COURSES[(index + offset) % 3]`` with offsets orn 0, ce 1, crn 2; a
+    "peaking" course needs three follow-ups, so with two it is "growing".
+    """
+    if count == 1:
+        return None
+    course = COURSES[(index + _COURSE_OFFSET[task]) % len(COURSES)]
+    return "growing" if course == "peaking" and count < 3 else course
 
 
 def _clock(rng: np.random.Generator, hour_range: tuple[int, int]) -> str:
@@ -174,7 +195,9 @@ def sample_case(task: str, seed: int, index: int, size: str, followups: int) -> 
     peak = prescription * rng.uniform(1.02, min(1.06, 70.0 / prescription))
     planning, plan, end = _dates(rng, fractions)
     dose = sample_dose_model(rng, task, side, peak)
-    lesion, fit = place_lesion(task, side, dose, followups, stream_rng(key, "lesion"))
+    course = lesion_course(task, index, followups)
+    # One follow-up has no course; place_lesion then ignores it.
+    lesion, fit = place_lesion(task, side, dose, followups, stream_rng(key, "lesion"), course or "growing")
     spec = GRID_SPECS[size]["planning"]
     return CaseParams(
         key=key,
@@ -194,6 +217,7 @@ def sample_case(task: str, seed: int, index: int, size: str, followups: int) -> 
         treatment_end=end,
         planning_grid=Grid.centred((0.0, 0.0, -20.0), spec.spacing, spec.shape),
         dose_model=dose,
+        lesion_course=course,
         lesion=lesion,
         lesion_fit=fit,
         followups=_followups(key, size, lesion, end, followups),

@@ -18,7 +18,12 @@ def register(commands: Any) -> None:
     parser.add_argument("--task", choices=["orn", "ce", "crn", "all"], default="all")
     parser.add_argument("--cases", type=int, default=1, help="cases per task (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="random seed; same seed, same files")
-    parser.add_argument("--followups", type=int, default=1, help="follow-up scans per patient")
+    parser.add_argument(
+        "--followups",
+        type=int,
+        default=1,
+        help="follow-up scans per patient; from 2 on, the lesion grows, shrinks or peaks by construction",
+    )
     parser.add_argument("--size", choices=["small", "full"], default="small")
     parser.set_defaults(handler=run)
 

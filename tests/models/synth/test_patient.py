@@ -102,11 +102,16 @@ def test_frames_of_reference_and_references(synth_cases, cases) -> None:
             assert seg.SeriesDescription == "Ground truth (synthetic)"
 
 
-def test_lesion_grows_over_followups(cases) -> None:
+def test_lesion_follows_its_course(cases) -> None:
+    # Two follow-ups of index 0: ORN grows, CE shrinks, CRN's "peaking" needs
+    # three follow-ups so it grows too.
+    expected = {"orn": "growing", "ce": "shrinking", "crn": "growing"}
     for task in TASKS:
         volumes = [fu["lesion"]["volume_cc"] for fu in cases[task]["followups"]]
         months = [fu["months_since_rt"] for fu in cases[task]["followups"]]
-        assert volumes == sorted(volumes) and months == sorted(months)
+        assert cases[task]["lesion_course"] == expected[task]
+        direction = 1 if expected[task] == "growing" else -1
+        assert direction * (volumes[1] - volumes[0]) > 0 and months == sorted(months)
 
 
 def test_mr_headers(synth_cases) -> None:
