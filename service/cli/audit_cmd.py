@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,8 @@ def _source(args: argparse.Namespace) -> tuple[Path, str]:
     """The folder to audit: SOURCE, or the PACS's studies retrieved into the audit folder."""
     if not args.pacs:
         return args.source, f"folder {args.source}"
+    # pynetdicom logs every association and DIMSE message at INFO, with UIDs: warnings only.
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     from worker.audit.pacs import PacsPeer, PacsQuery, RetrieveOptions, retrieve
 
     from worker.audit.ledger import AuditPaths

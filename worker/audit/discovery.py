@@ -19,7 +19,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from worker.errors import AssemblyError, InputError
+from worker.errors import AssemblyError, DicomReadError, InputError
 from worker.stages.assemble.case import Case, assemble_index, patient_alias
 from worker.stages.assemble.index import Series, index_files
 from worker.stages.assemble.rules import RoleRules
@@ -167,7 +167,11 @@ def patient_items(
 ) -> list[AuditItem]:
     """One item per follow-up of one patient; one failed item when the patient makes no case."""
     damaged: dict[Path, str] = {}
-    index = index_files(paths, on_error=lambda path, error: damaged.setdefault(path, error.message))
+
+    def set_aside(path: Path, error: DicomReadError) -> None:
+        damaged[path] = error.message
+
+    index = index_files(paths, on_error=set_aside)
     try:
         assembly = assemble_index(index, rules) if index.series else None
     except AssemblyError as error:

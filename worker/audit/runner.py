@@ -6,7 +6,7 @@ watches its status. Either way a finished item is recorded at once, a failing on
 with its reason, and nothing stops the batch but the user.
 
 Ctrl-C: no new item starts; the running ones finish and are recorded (a second Ctrl-C abandons
-them, and they run again next time). Celery jobs already queued carry on in the workers and are
+them, and they run again next time). Celery jobs left running carry on in the workers and are
 picked up, not queued again, by the next run.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -77,13 +78,55 @@ class RunContext:
     run_id: str
 
 
+class Interrupts:
+    """Ctrl-C during a batch: the first lets what runs finish and starts nothing new (then the
+    batch ends as interrupted); a second stops at once. Only the main thread can take signals;
+    elsewhere (a test's thread, say) Ctrl-C keeps Python's default."""
+
+    def __init__(self, on_first: Callable[[], None] | None = None) -> None:
+        self.requested = False
+        self._on_first = on_first
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("interrupted: finishing what runs, starting nothing new; Ctrl-C again to stop at once")
+        if self._on_first:
+            self._on_first()
+
+    def check(self) -> None:
+        """End the batch as interrupted once the first Ctrl-C came."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+
 def run_local_items(
     items: list[tuple[str, AuditItem]], context: RunContext, workers: int, on_row: RowCallback
 ) -> None:
-    """Run ``items`` here (``workers`` == 1) or in ``workers`` processes."""
+    """Run ``items`` here (``workers`` == 1) or in ``workers`` processes.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        The user stopped the batch (what had finished is recorded).
+    """
     if workers <= 1:
-        for key, item in items:
-            on_row(_run_one(key, item, context))
+        with Interrupts() as interrupts:
+            for key, item in items:
+                interrupts.check()
+                on_row(_run_one(key, item, context))
+            interrupts.check()
         return
     pool = ProcessPoolExecutor(
         max_workers=workers,
@@ -93,12 +136,22 @@ def run_local_items(
     )
     futures: list[Future[dict[str, Any]]] = [pool.submit(_run_one, key, item, context) for key, item in items]
     try:
-        for future in as_completed(futures):
-            on_row(future.result())
+        with Interrupts(on_first=lambda: _cancel(futures)) as interrupts:
+            for future in as_completed(futures):
+                if not future.cancelled():
+                    on_row(future.result())
+            interrupts.check()
     except KeyboardInterrupt:
-        _stop_pool(pool, futures, on_row)
+        for child in active_children():  # a second Ctrl-C: abandon the running ones
+            child.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+def _cancel(futures: list[Future[dict[str, Any]]]) -> None:
+    for future in futures:
+        future.cancel()  # only those not started yet: the running ones finish
 
 
 def _run_one(key: str, item: AuditItem, context: RunContext) -> dict[str, Any]:
@@ -108,23 +161,6 @@ def _run_one(key: str, item: AuditItem, context: RunContext) -> dict[str, Any]:
 def _ignore_interrupts() -> None:
     # Ctrl-C reaches the whole process group; only the coordinator decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-def _stop_pool(pool: ProcessPoolExecutor, futures: list[Future[dict[str, Any]]], on_row: RowCallback) -> None:
-    running = sum(1 for f in futures if f.running())
-    logger.warning(
-        "interrupted: letting %d running follow-up(s) finish; Ctrl-C again to abandon them", running
-    )
-    for future in futures:
-        future.cancel()
-    try:
-        for future in futures:
-            if not future.cancelled():
-                on_row(future.result())
-    except KeyboardInterrupt:
-        for child in active_children():
-            child.terminate()
-    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def run_celery_items(
@@ -155,6 +191,22 @@ def run_celery_items(
     ledger = Ledger(context.paths)
     pending = deque(items)
     running: dict[str, tuple[AuditItem, JobFolder]] = {}
+    with Interrupts(on_first=pending.clear) as interrupts:
+        _watch_jobs(pending, running, context, window, ledger, dispatcher, on_row, poll_s)
+        interrupts.check()
+
+
+def _watch_jobs(
+    pending: deque[tuple[str, AuditItem]],
+    running: dict[str, tuple[AuditItem, JobFolder]],
+    context: RunContext,
+    window: int,
+    ledger: Ledger,
+    dispatcher: Any,
+    on_row: RowCallback,
+    poll_s: float,
+) -> None:
+    settings = context.worker_settings
     while pending or running:
         while pending and len(running) < window:
             key, item = pending.popleft()
