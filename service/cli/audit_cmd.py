@@ -129,12 +129,12 @@ def _source(args: argparse.Namespace) -> tuple[Path, str]:
     """The folder to audit: SOURCE, or the PACS's studies retrieved into the audit folder."""
     if not args.pacs:
         return args.source, f"folder {args.source}"
+    from worker.audit.ledger import AuditPaths
+    from worker.audit.pacs import PacsPeer, PacsQuery, RetrieveOptions, retrieve
+    from worker.errors import InputError
+
     # pynetdicom logs every association and DIMSE message at INFO, with UIDs: warnings only.
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
-    from worker.audit.pacs import PacsPeer, PacsQuery, RetrieveOptions, retrieve
-
-    from worker.audit.ledger import AuditPaths
-    from worker.errors import InputError
 
     peer = PacsPeer.parse(args.pacs)
     query = PacsQuery(patient_ids=_patient_ids(args), date_from=args.since, date_to=args.until)
