@@ -19,7 +19,14 @@ from worker.audit.discovery import AuditItem, Discovery, discover
 from worker.audit.items import ItemSettings
 from worker.audit.ledger import AuditPaths, FileDigests, Ledger, finished_rows, settings_fingerprint
 from worker.audit.rows import FAILED, SUCCEEDED
-from worker.audit.runner import Plan, RunContext, make_plan, run_celery_items, run_local_items
+from worker.audit.runner import (
+    Plan,
+    RunContext,
+    celery_dispatcher,
+    make_plan,
+    run_celery_items,
+    run_local_items,
+)
 from worker.jobs.spec import JobOptions
 from worker.runtime import model_fingerprint
 from worker.settings import WorkerSettings
@@ -90,6 +97,8 @@ def run_audit(
         The configured weights are not there.
     """
     started = time.perf_counter()
+    if options.celery:
+        celery_dispatcher(settings)  # no broker: say so before reading the archive
     paths = AuditPaths(options.out).create()
     ledger = Ledger(paths)
     discovery = discover(

@@ -179,21 +179,32 @@ def run_celery_items(
     worker.errors.InputError
         No broker is configured, or it does not answer.
     """
-    from worker.dispatch import get_dispatcher
-
-    settings = context.worker_settings
-    if not settings.broker_url:
-        raise InputError("--celery needs RTINJURY_BROKER_URL: the broker (Redis) the workers listen on")
-    dispatcher = get_dispatcher(settings)
-    problem = dispatcher.ping()
-    if problem:
-        raise InputError(f"--celery: {problem}")
+    dispatcher = celery_dispatcher(context.worker_settings)
     ledger = Ledger(context.paths)
     pending = deque(items)
     running: dict[str, tuple[AuditItem, JobFolder]] = {}
     with Interrupts(on_first=pending.clear) as interrupts:
         _watch_jobs(pending, running, context, window, ledger, dispatcher, on_row, poll_s)
         interrupts.check()
+
+
+def celery_dispatcher(settings: WorkerSettings) -> Any:
+    """The dispatcher to the configured broker, once it answers.
+
+    Raises
+    ------
+    worker.errors.InputError
+        No broker is configured, or it does not answer.
+    """
+    from worker.dispatch import get_dispatcher
+
+    if not settings.broker_url:
+        raise InputError("--celery needs RTINJURY_BROKER_URL: the broker (Redis) the workers listen on")
+    dispatcher = get_dispatcher(settings)
+    problem = dispatcher.ping()
+    if problem:
+        raise InputError(f"--celery: {problem}")
+    return dispatcher
 
 
 def _watch_jobs(

@@ -24,16 +24,18 @@ from pynetdicom.association import Association
 
 from models.synth import write_synthetic_patients
 from tests.worker.audit.conftest import OrthancPacs, free_port
-from worker.audit import pacs
 from worker.audit.pacs import (
     COMPLETE_MARKER,
     PacsPeer,
     PacsQuery,
     RetrieveOptions,
+    StudyHit,
     find_patients,
     find_studies,
+    retrieval,
     retrieve,
 )
+from worker.audit.pacs.receiver import Receiver
 from worker.errors import InputError
 from worker.stages.assemble.case import patient_alias
 
@@ -284,13 +286,13 @@ def test_a_refused_instance_fails_its_study_until_a_rerun(
 ) -> None:
     patient = patients[1]
     query, options = PacsQuery(patient_ids=(patient.patient_id,)), orthanc.options(method="get")
-    store, calls = pacs._Receiver.store, []
+    store, calls = Receiver.store, []
 
-    def refuse_the_third(self: pacs._Receiver, event: Any) -> int:
+    def refuse_the_third(self: Receiver, event: Any) -> int:
         calls.append(1)
         return 0xA700 if len(calls) == 3 else store(self, event)
 
-    monkeypatch.setattr(pacs._Receiver, "store", refuse_the_third)
+    monkeypatch.setattr(Receiver, "store", refuse_the_third)
     first = retrieve(orthanc.peer, query, tmp_path, options)
     [(where, reason)] = first.failures
     failed_uid = where.removeprefix(f"{patient.alias}/")
@@ -301,7 +303,7 @@ def test_a_refused_instance_fails_its_study_until_a_rerun(
     assert len(first.studies) == len(patient.studies) - 1
     assert not (tmp_path / where / COMPLETE_MARKER).exists()
 
-    monkeypatch.setattr(pacs._Receiver, "store", store)
+    monkeypatch.setattr(Receiver, "store", store)
     again = retrieve(orthanc.peer, query, tmp_path, options)
     assert again.failures == []
     reused = {s.study_uid: s.reused for s in again.studies}
@@ -335,15 +337,15 @@ def test_failures_never_stop_the_others(
         yield _status(0xA702, completed=0, failed=3, warning=0), None
 
     unlisted, moved = patients
-    find_studies = pacs.find_studies
 
-    def fail_for_one(peer: PacsPeer, patient_id: str, options: RetrieveOptions) -> list[pacs.StudyHit]:
+    def fail_for_one(peer: PacsPeer, patient_id: str, options: RetrieveOptions) -> list[StudyHit]:
         if patient_id == unlisted.patient_id:
             raise InputError("the PACS refused the query: status 0xC001 (Unable to process)")
         return find_studies(peer, patient_id, options)
 
     monkeypatch.setattr(Association, "send_c_move", out_of_resources)
-    monkeypatch.setattr(pacs, "find_studies", fail_for_one)
+    # Patched where retrieve() looks it up, its own module.
+    monkeypatch.setattr(retrieval, "find_studies", fail_for_one)
     query = PacsQuery(patient_ids=(unlisted.patient_id, moved.patient_id))
     result = retrieve(orthanc.peer, query, tmp_path, orthanc.options())
     assert result.studies == []
