@@ -9,7 +9,7 @@ audit / reference says what the batch machinery costs or gains. It prints the wa
 throughput, the per-stage seconds (means over the follow-ups, from the audit's own table) and
 the ratios; it asserts nothing.
 
-    python benchmarks/audit.py [--patients 1] [--followups 2] [--workers 1 2] [--rigid-only] [--keep DIR]
+    python benchmarks/audit.py [--patients 2] [--followups 3] [--workers 1 2] [--rigid-only] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ from worker.settings import WorkerSettings
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=1, help="patients per task (three tasks)")
-    parser.add_argument("--followups", type=int, default=2)
+    parser.add_argument("--patients", type=int, default=2, help="patients per task (three tasks)")
+    parser.add_argument("--followups", type=int, default=3)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--rigid-only", action="store_true", help="no B-spline step (as the tests run)")
     parser.add_argument("--seed", type=int, default=7700)

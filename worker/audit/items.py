@@ -34,13 +34,15 @@ class ItemSettings:
     options: JobOptions
 
     def spec_for(self, item: AuditItem) -> JobSpec:
-        return JobSpec(
-            task=item.task,  # type: ignore[arg-type]  # assembly only yields orn/ce/crn
-            followup_series_uid=item.followup_series_uid,
-            tau=self.tau,
-            options=self.options,
-            # The follow-up's own interval since RT (a case.json states the first follow-up's).
-            clinical=ClinicalFields(months_since_rt=item.months_since_rt),
+        return JobSpec.model_validate(
+            {
+                "task": item.task,
+                "followup_series_uid": item.followup_series_uid,
+                "tau": self.tau,
+                "options": self.options,
+                # The follow-up's own interval since RT (a case.json states the first follow-up's).
+                "clinical": ClinicalFields(months_since_rt=item.months_since_rt),
+            }
         )
 
 

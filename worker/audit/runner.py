@@ -121,7 +121,10 @@ def run_local_items(
     KeyboardInterrupt
         The user stopped the batch (what had finished is recorded).
     """
+    needs_network = any(item.problem is None for _, item in items)
     if workers <= 1:
+        if needs_network:
+            _load_network(context.worker_settings)
         with Interrupts() as interrupts:
             for key, item in items:
                 interrupts.check()
@@ -132,7 +135,8 @@ def run_local_items(
         max_workers=workers,
         # spawn: a fresh interpreter per worker, never a fork of a process holding threads.
         mp_context=get_context("spawn"),
-        initializer=_ignore_interrupts,
+        initializer=_start_worker,
+        initargs=(context.worker_settings if needs_network else None,),
     )
     futures: list[Future[dict[str, Any]]] = [pool.submit(_run_one, key, item, context) for key, item in items]
     try:
@@ -158,9 +162,18 @@ def _run_one(key: str, item: AuditItem, context: RunContext) -> dict[str, Any]:
     return run_local(item, key, context.paths, context.item_settings, context.run_id, context.worker_settings)
 
 
-def _ignore_interrupts() -> None:
+def _start_worker(settings: WorkerSettings | None) -> None:
     # Ctrl-C reaches the whole process group; only the coordinator decides what stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if settings is not None:
+        _load_network(settings)
+
+
+def _load_network(settings: WorkerSettings) -> None:
+    """Load the network before the first follow-up, so that its time is not the first one's."""
+    from worker.runtime import get_runtime
+
+    get_runtime(settings)
 
 
 def run_celery_items(

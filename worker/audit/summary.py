@@ -26,7 +26,7 @@ import numpy as np
 
 from models.files import write_atomically
 from worker.audit.rows import FAILED, SUCCEEDED, sort_key
-from worker.audit.trends import SINCE_RT, PatientTrend, TrendRules
+from worker.audit.trends import SINCE_RT, PatientTrend, TrendRules, finite_float
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -466,7 +466,7 @@ def _volume_series(
     months = _trend_months(rows, trends)
     series: dict[tuple[str, str], list[tuple[float, float]]] = {}
     for index, row in enumerate(rows):
-        volume = _float(row.get("lesion_volume_cc"))
+        volume = finite_float(row.get("lesion_volume_cc"))
         if row.get("status") != SUCCEEDED or row.get("task") is None:
             continue
         if volume is None and not row.get("lesion_found"):
@@ -488,7 +488,9 @@ def _trend_months(rows: Sequence[Mapping[str, Any]], trends: Sequence[PatientTre
         position = seen[alias]
         seen[alias] += 1
         filled = by_alias.get(alias, [])
-        months.append(filled[position] if position < len(filled) else _float(row.get("months_since_rt")))
+        months.append(
+            filled[position] if position < len(filled) else finite_float(row.get("months_since_rt"))
+        )
     return months
 
 
@@ -543,7 +545,7 @@ def _fact(value: Any) -> str:
 
 
 def _number(value: Any, decimals: int) -> str:
-    number = _float(value)
+    number = finite_float(value)
     return MISSING if number is None else f"{number:.{decimals}f}"
 
 
@@ -551,18 +553,8 @@ def _integer(value: Any) -> str:
     return MISSING if value is None else str(int(value))
 
 
-def _float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if np.isfinite(number) else None
-
-
 def _finite(values: Iterable[Any]) -> list[float]:
-    return [number for number in (_float(v) for v in values) if number is not None]
+    return [number for number in (finite_float(v) for v in values) if number is not None]
 
 
 def _status_class(status: str) -> str:

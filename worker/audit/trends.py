@@ -278,7 +278,7 @@ def _tasks(points: Sequence[_Point]) -> list[str | None]:
 def _point(row: Mapping[str, Any], months: float | None, rules: TrendRules) -> _Point:
     succeeded = row.get("status") == SUCCEEDED
     found = bool(row.get("lesion_found"))
-    volume = _float(row.get("lesion_volume_cc"))
+    volume = finite_float(row.get("lesion_volume_cc"))
     if succeeded and volume is None and not found:
         # The pipeline may leave the volume empty when nothing was found: that is 0 cc.
         volume = 0.0
@@ -295,7 +295,7 @@ def _point(row: Mapping[str, Any], months: float | None, rules: TrendRules) -> _
 
 def _months(rows: Sequence[Mapping[str, Any]]) -> tuple[list[float | None], str]:
     """Months of each row and their basis (rules in the module docstring)."""
-    given = [_float(row.get("months_since_rt")) for row in rows]
+    given = [finite_float(row.get("months_since_rt")) for row in rows]
     dates = [_date(row.get("followup_date")) for row in rows]
     anchor = next(((m, d) for m, d in zip(given, dates, strict=True) if m is not None and d), None)
     if anchor is None and any(m is None and d for m, d in zip(given, dates, strict=True)):
@@ -359,7 +359,7 @@ def _centroid_shift(positives: Sequence[_Point]) -> float | None:
 
 
 def _centroid(row: Mapping[str, Any]) -> tuple[float, float, float] | None:
-    x, y, z = (_float(row.get(f"lesion_centroid_{axis}_mm")) for axis in "xyz")
+    x, y, z = (finite_float(row.get(f"lesion_centroid_{axis}_mm")) for axis in "xyz")
     if x is None or y is None or z is None:
         return None
     return (x, y, z)
@@ -451,7 +451,8 @@ def _number(value: float, decimals: int) -> str:
 # --- values -----------------------------------------------------------------------------------
 
 
-def _float(value: Any) -> float | None:
+def finite_float(value: Any) -> float | None:
+    """``value`` as a finite float; None for None, booleans, text and NaN/inf."""
     if value is None or isinstance(value, bool):
         return None
     try:

@@ -30,25 +30,13 @@ from pynetdicom import (
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext
-from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    CTImageStorage,
-    DeformableSpatialRegistrationStorage,
-    EnhancedCTImageStorage,
-    EnhancedMRImageStorage,
-    MRImageStorage,
-    RTDoseStorage,
-    RTIonPlanStorage,
-    RTPlanStorage,
-    RTStructureSetStorage,
-    SegmentationStorage,
-    SpatialRegistrationStorage,
-)
 from pynetdicom.transport import ThreadedAssociationServer
 
 from models.files import write_atomically
 from worker.audit.pacs.association import new_ae
 from worker.audit.pacs.peers import RetrieveOptions
 from worker.errors import InputError
+from worker.stages.assemble.index import SOP_CATEGORIES
 
 logger = logging.getLogger(__name__)
 
@@ -56,22 +44,8 @@ logger = logging.getLogger(__name__)
 #: before a UID from the PACS becomes a folder or file name.
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
-#: Storage SOP classes an audit needs; under C-GET they accept any transfer syntax.
-_RT_STORAGE = frozenset(
-    {
-        CTImageStorage,
-        EnhancedCTImageStorage,
-        MRImageStorage,
-        EnhancedMRImageStorage,
-        RTDoseStorage,
-        RTPlanStorage,
-        RTIonPlanStorage,
-        RTStructureSetStorage,
-        SpatialRegistrationStorage,
-        DeformableSpatialRegistrationStorage,
-        SegmentationStorage,
-    }
-)
+#: The SOP classes a case is made of (assembly's list); under C-GET they accept any transfer syntax.
+_RT_STORAGE = frozenset(SOP_CATEGORIES)
 
 #: C-STORE statuses of our storage SCP (PS3.4 B.2.3 and PS3.7 C).
 _STORE_SUCCESS = 0x0000
