@@ -94,11 +94,12 @@ def discover(
     if not by_patient:
         raise InputError(f"{source}: no DICOM files found ({found.not_dicom} other file(s))")
     found.patients = len(by_patient)
+    folders = {patient: _common_folder(paths) for patient, paths in by_patient.items()}
     for patient_id in sorted(by_patient):
-        paths = by_patient[patient_id]
         if progress:
             progress(patient_alias(patient_id))
-        found.items += patient_items(patient_id, paths, rules, _case_file_for(paths, case_files))
+        case_file = _case_file_for(patient_id, folders, case_files)
+        found.items += patient_items(patient_id, by_patient[patient_id], rules, case_file)
     return found
 
 
@@ -155,10 +156,24 @@ def _has_dicom_magic(path: Path) -> bool:
         return False
 
 
-def _case_file_for(paths: list[Path], case_files: list[Path]) -> Path | None:
-    """The deepest ``case.json`` whose folder holds all of this patient's files (a patient folder's)."""
-    common = Path(os.path.commonpath([str(p.parent) for p in paths]))
-    owners = [c for c in case_files if common == c.parent or c.parent in common.parents]
+def _common_folder(paths: list[Path]) -> Path:
+    return Path(os.path.commonpath([str(p.parent) for p in paths]))
+
+
+def _holds(folder: Path, inner: Path) -> bool:
+    return inner == folder or folder in inner.parents
+
+
+def _case_file_for(patient_id: str, folders: dict[str, Path], case_files: list[Path]) -> Path | None:
+    """The deepest ``case.json`` whose folder holds all of this patient's files and no other
+    patient's (a patient folder's; one at the top of a whole archive is nobody's)."""
+    mine = folders[patient_id]
+    owners = [
+        c
+        for c in case_files
+        if _holds(c.parent, mine)
+        and not any(_holds(c.parent, theirs) for other, theirs in folders.items() if other != patient_id)
+    ]
     return max(owners, key=lambda c: len(c.parts)) if owners else None
 
 

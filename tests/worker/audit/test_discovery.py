@@ -123,3 +123,19 @@ def test_no_dicom_at_all_is_an_input_error(tmp_path: Path) -> None:
         discover(tmp_path, load_rules())
     with pytest.raises(InputError, match="not a folder"):
         discover(tmp_path / "a.txt", load_rules())
+
+
+def test_a_case_file_over_several_patients_belongs_to_none(
+    orn_patient: Path, two_followup_patient: Path, tmp_path: Path
+) -> None:
+    archive = tmp_path / "archive"
+    _copy(orn_patient, archive / "p")
+    _copy(two_followup_patient, archive / "q")
+    shutil.copy(orn_patient / "case.json", archive / "case.json")  # at the top: nobody's
+    found = discover(archive, load_rules())
+    assert {i.case_file for i in found.items} == {archive / "p" / "case.json", archive / "q" / "case.json"}
+    (archive / "p" / "case.json").unlink()
+    found = discover(archive, load_rules())
+    assert {
+        i.case_file for i in found.items if i.case_file is None or i.case_file.parent != archive / "q"
+    } == {None}
