@@ -101,7 +101,25 @@ def known_failure_row(item: AuditItem, key: str, run_id: str) -> dict[str, Any]:
 def collect_row(
     item: AuditItem, key: str, folder: JobFolder, paths: AuditPaths, run_id: str
 ) -> dict[str, Any]:
-    """The row of a finished job; its outputs are copied into the audit folder first."""
+    """The row of a finished job; its outputs are copied into the audit folder first. A job whose
+    results cannot be kept (a full disk, say) is a failed row, never the end of the batch."""
+    try:
+        return _finished_row(item, key, folder, paths, run_id)
+    except Exception as error:
+        logger.warning("audit item %s: results not kept (%s)", key[:16], type(error).__name__)
+        row = _base_row(item, key, run_id)
+        row.update(
+            status=FAILED,
+            failed_stage="collect",
+            error_code="internal-error",
+            error=f"the results could not be kept in the audit folder ({type(error).__name__})",
+        )
+        return row
+
+
+def _finished_row(
+    item: AuditItem, key: str, folder: JobFolder, paths: AuditPaths, run_id: str
+) -> dict[str, Any]:
     status = read_status(folder.status_path)
     row = _base_row(item, key, run_id)
     _add_timings(row, status)

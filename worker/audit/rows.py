@@ -44,7 +44,11 @@ COLUMNS: tuple[Column, ...] = (
     ),
     _c("rt_reference", "str", "what months_since_rt counts from: 'treatment end' or 'planning CT'"),
     _c("status", "str", "succeeded or failed"),
-    _c("failed_stage", "str", "stage that failed (assemble, read, register, dose, prompts, infer, export)"),
+    _c(
+        "failed_stage",
+        "str",
+        "stage that failed (assemble, read, register, dose, prompts, infer, export; collect)",
+    ),
     _c("error_code", "str", "stable code of the failure"),
     _c("error", "str", "why the follow-up failed, in words"),
     _c("lesion_found", "bool", "the network found lesion voxels inside the high-dose region"),
