@@ -6,17 +6,15 @@ database, the API keys and the upload limits.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
+from service.keys import KeyLine, parse_key_line
 from worker.settings import WorkerSettings
 from worker.stages.assemble.sources import ZipLimits
 
-#: How a stored API key looks: the SHA-256 of the key, never the key itself.
-KEY_HASH_PATTERN = re.compile(r"^sha256:[0-9a-f]{64}$")
 #: Shorter keys are guessable; ``rtinjury keys new`` makes 43-character ones.
 MIN_API_KEY_LENGTH = 16
 _ZIP_DEFAULTS = ZipLimits()
@@ -36,9 +34,10 @@ class Settings(WorkerSettings):
     #: SQLAlchemy URL of the job database, e.g. ``postgresql+psycopg://user:pw@host/rtinjury``;
     #: unset means a SQLite file under the storage root.
     database_url: str | None = None
-    #: Accepted API keys as ``sha256:<hex>`` lines (``rtinjury keys new``); a JSON list in the env.
+    #: Accepted API keys as ``sha256:<hex>`` lines, each optionally ``;scopes=submit,read``
+    #: (``rtinjury keys new``); a JSON list in the env. A line without scopes has all three.
     api_key_hashes: list[str] = Field(default_factory=list)
-    #: One plaintext key, for development and tests only.
+    #: One plaintext key with every scope, for development and tests only.
     api_key: SecretStr | None = None
     #: Largest request body of an upload (all parts together).
     max_upload_bytes: int = Field(default=4 * 1024**3, ge=1024)
@@ -72,12 +71,16 @@ class Settings(WorkerSettings):
 
     @field_validator("api_key_hashes")
     @classmethod
-    def _hashes_are_sha256(cls, hashes: list[str]) -> list[str]:
-        cleaned = [h.strip().lower() for h in hashes]
-        bad = [number for number, h in enumerate(cleaned) if not KEY_HASH_PATTERN.match(h)]
-        if bad:
-            # Say which entry, never its value: a pasted plaintext key must not reach a log.
-            raise ValueError(f"entries {bad} are not of the form 'sha256:<64 hex>' (see `rtinjury keys new`)")
+    def _hashes_are_key_lines(cls, hashes: list[str]) -> list[str]:
+        cleaned, problems = [], []
+        for number, line in enumerate(hashes):
+            try:
+                cleaned.append(str(parse_key_line(line)))
+            except ValueError as error:
+                # Say which entry and why, never its value: a pasted plaintext key must not be logged.
+                problems.append(f"entry {number}: {error}")
+        if problems:
+            raise ValueError(f"{'; '.join(problems)} (see `rtinjury keys new`)")
         return cleaned
 
     @field_validator("api_key")
@@ -86,6 +89,11 @@ class Settings(WorkerSettings):
         if key is not None and len(key.get_secret_value()) < MIN_API_KEY_LENGTH:
             raise ValueError(f"RTINJURY_API_KEY must have at least {MIN_API_KEY_LENGTH} characters")
         return key
+
+    @property
+    def api_keys(self) -> list[KeyLine]:
+        """The configured key lines, parsed (hash and scopes)."""
+        return [parse_key_line(line) for line in self.api_key_hashes]
 
     @property
     def sqlalchemy_url(self) -> str:

@@ -213,10 +213,21 @@ def admit_job(
 # --- reading jobs ----------------------------------------------------------------------------
 
 
-def get_job(session: Session, settings: Settings, metrics: ServiceMetrics, job_id: str) -> JobRecord:
-    """The job's record, refreshed from its folder while it is unfinished; 404 if unknown/deleted."""
+def get_job(
+    session: Session, settings: Settings, metrics: ServiceMetrics, job_id: str, *, tenant: str | None
+) -> JobRecord:
+    """The job's record, refreshed from its folder while it is unfinished.
+
+    ``tenant`` is the owner whose jobs the caller sees (None: every job, for an admin key).
+
+    Raises
+    ------
+    ServiceProblem
+        ``job-not-found``: no such job, a deleted one, or another owner's: the answer is the same,
+        so a key learns nothing about the jobs of others.
+    """
     record = session.get(JobRecord, job_id)
-    if record is None or record.deleted:
+    if record is None or record.deleted or (tenant is not None and record.owner != tenant):
         raise ServiceProblem("job-not-found", "no job with this id")
     # Finished jobs too: deliveries to DICOM destinations are recorded after the job succeeded.
     refresh(session, settings, metrics, record, even_finished=True)
@@ -239,7 +250,10 @@ def list_jobs(
     limit: int = 50,
     offset: int = 0,
 ) -> JobPage:
-    """Jobs, newest first; unfinished ones are refreshed first so the state filter is current."""
+    """Jobs, newest first; unfinished ones are refreshed first so the state filter is current.
+
+    ``owner`` limits the page to one owner's jobs (a tenant's own, or an admin's filter).
+    """
     refresh_unfinished(session, settings, metrics)
     query = select(JobRecord).where(JobRecord.deleted.is_(False))
     if owner is not None:
@@ -300,9 +314,11 @@ def _apply_status(record: JobRecord, status: JobStatus) -> None:
 # --- changing jobs ---------------------------------------------------------------------------
 
 
-def delete_job(session: Session, settings: Settings, metrics: ServiceMetrics, job_id: str) -> None:
+def delete_job(
+    session: Session, settings: Settings, metrics: ServiceMetrics, job_id: str, *, tenant: str | None
+) -> None:
     """Remove a finished job's files; the record stays, marked deleted (the job answers 404)."""
-    record = get_job(session, settings, metrics, job_id)
+    record = get_job(session, settings, metrics, job_id, tenant=tenant)
     if not JobState(record.state).finished:
         raise ServiceProblem("job-busy", f"the job is {record.state}; delete it once it has finished")
     JobFolder.under(settings.storage_root, record.id).remove()
@@ -318,9 +334,11 @@ def refine_job(
     queue: JobQueue,
     job_id: str,
     clicks: list[ClickSpec],
+    *,
+    tenant: str | None,
 ) -> JobRecord:
     """Queue a refinement of a succeeded job: the decoder on its cached embedding, then export."""
-    record = get_job(session, settings, metrics, job_id)
+    record = get_job(session, settings, metrics, job_id, tenant=tenant)
     if record.state != JobState.SUCCEEDED:
         raise ServiceProblem(
             "job-not-succeeded", f"the job is {record.state}; only a succeeded job is refined"
@@ -350,10 +368,16 @@ def refine_job(
 
 
 def deliver_job(
-    session: Session, settings: Settings, metrics: ServiceMetrics, queue: JobQueue, job_id: str
+    session: Session,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    queue: JobQueue,
+    job_id: str,
+    *,
+    tenant: str | None,
 ) -> JobRecord:
     """Queue sending a succeeded job's DICOM results to its destinations again (a resend)."""
-    record = get_job(session, settings, metrics, job_id)
+    record = get_job(session, settings, metrics, job_id, tenant=tenant)
     if record.state != JobState.SUCCEEDED:
         raise ServiceProblem("job-not-succeeded", f"the job is {record.state}; only results are sent")
     if not JobSpec.model_validate(record.spec).destinations:
@@ -384,10 +408,16 @@ class ResultFile:
 
 
 def result_file(
-    session: Session, settings: Settings, metrics: ServiceMetrics, job_id: str, name: str
+    session: Session,
+    settings: Settings,
+    metrics: ServiceMetrics,
+    job_id: str,
+    name: str,
+    *,
+    tenant: str | None,
 ) -> ResultFile:
     """Where one result of a succeeded job is (404 for an unknown name, 409 before success)."""
-    record = get_job(session, settings, metrics, job_id)
+    record = get_job(session, settings, metrics, job_id, tenant=tenant)
     if name not in OUTPUT_FILES:
         raise ServiceProblem("result-not-found", f"results are named {', '.join(OUTPUT_FILES)}")
     if record.state != JobState.SUCCEEDED:

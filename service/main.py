@@ -57,8 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description=(
             "Segmentation and measurement of radiotherapy-induced normal-tissue injuries "
             "(osteoradionecrosis, cerebral edema, cerebral radiation necrosis) from DICOM-RT. "
-            "Every route but /healthz and /readyz needs `Authorization: Bearer <key>`; errors are "
-            "RFC 9457 problems (`application/problem+json`)."
+            "Every route but /healthz and /readyz needs `Authorization: Bearer <key>` of a key with "
+            "the route's scope (submit, read or admin); a key sees its own jobs only, an admin key "
+            "every job. Errors are RFC 9457 problems (`application/problem+json`)."
         ),
         generate_unique_id_function=_operation_id,
         lifespan=_lifespan,

@@ -1,18 +1,23 @@
-"""Dependencies of the routes, as ``Annotated`` aliases (settings, database, queue, caller)."""
+"""Dependencies of the routes, as ``Annotated`` aliases (settings, database, queue, caller).
+
+A route states the scope it needs by its caller alias: ``SubmitterDep``, ``ReaderDep`` or
+``AdminDep`` (401 without a valid key, 403 ``forbidden`` without the scope).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.api.auth import authenticate
+from service.api.auth import Caller, authenticate, check_scope
 from service.config import Settings
 from service.db import Database
 from service.jobs import JobQueue
+from service.keys import Scope
 from service.metrics import ServiceMetrics
 
 #: Declares the scheme in OpenAPI; the check itself (and its problem+json 401) is ours.
@@ -54,12 +59,34 @@ def get_dispatcher(settings: SettingsDep) -> JobQueue:
 
 
 def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str:
-    """The caller's owner id; a 401 problem without a valid bearer key."""
-    return authenticate(credentials, settings)
+    request: Request,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller (owner id and scopes); a 401 problem without a valid bearer key."""
+    caller = authenticate(credentials, settings)
+    # The audit trail (service.api.audit) reads it from the request's state once the answer is out.
+    request.state.caller = caller
+    return caller
 
+
+def require_scope(scope: Scope) -> Callable[[Caller], Caller]:
+    """A dependency: the caller if its key has ``scope`` (or admin), else a 403 ``forbidden``."""
+
+    def caller_with_scope(caller: Annotated[Caller, Depends(require_api_key)]) -> Caller:
+        return check_scope(caller, scope)
+
+    caller_with_scope.__name__ = f"require_{scope.value}_scope"
+    return caller_with_scope
+
+
+#: One dependency per scope, made once: FastAPI caches a dependency per request by identity.
+require_submit = require_scope(Scope.SUBMIT)
+require_read = require_scope(Scope.READ)
+require_admin = require_scope(Scope.ADMIN)
 
 SessionDep = Annotated[Session, Depends(get_session)]
 DispatcherDep = Annotated[JobQueue, Depends(get_dispatcher)]
-OwnerDep = Annotated[str, Depends(require_api_key)]
+SubmitterDep = Annotated[Caller, Depends(require_submit)]
+ReaderDep = Annotated[Caller, Depends(require_read)]
+AdminDep = Annotated[Caller, Depends(require_admin)]

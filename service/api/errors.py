@@ -31,6 +31,7 @@ PROBLEM_TYPE_PREFIX = "urn:rtinjury:problem:"
 PROBLEMS: dict[str, tuple[int, str]] = {
     # The request itself
     "unauthorized": (401, "Missing or invalid API key"),
+    "forbidden": (403, "Not allowed for this API key"),
     "validation-error": (422, "Invalid request fields"),
     "malformed-upload": (400, "Malformed multipart upload"),
     "unsupported-media-type": (415, "Unsupported media type"),
@@ -60,6 +61,11 @@ PROBLEMS: dict[str, tuple[int, str]] = {
 
 #: Status of a coded error whose code is not in PROBLEMS: user input → 422, anything else → 500.
 _INPUT_ERROR_STATUS = 422
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for problems of these statuses (``application/problem+json``)."""
+    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in statuses}
 
 
 class ServiceProblem(Exception):

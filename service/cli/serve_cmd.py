@@ -26,7 +26,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from service.api.auth import accepted_hashes
+    from service.api.auth import accepted_keys
     from service.config import get_settings
     from service.main import create_app
 
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
         say(f"worker: embedded (pid {worker.pid}), queue under the storage root")
     else:
         say(f"worker: external, via the broker at {_redacted(settings.broker_url or '')}")
-    if not accepted_hashes(settings):
+    if not accepted_keys(settings):
         say("warning: no API key configured, every /v1 route answers 401; see `rtinjury keys new`")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_config=None, proxy_headers=False)

@@ -1,9 +1,11 @@
+import json
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from service.config import Settings
+from service.keys import Scope
 from worker.stages.assemble.sources import ZipLimits
 
 
@@ -56,3 +58,42 @@ def test_upload_limits_and_zip_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings()
     assert settings.max_upload_bytes == 4 * 1024**3
     assert settings.zip_limits == ZipLimits(max_entries=500, max_total_bytes=20 * 1024**3, max_ratio=1000.0)
+
+
+def test_key_lines_may_carry_scopes_and_are_stored_in_one_form(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = "ab" * 32
+    lines = [f"SHA256:{digest} ; Scopes=Read, submit", f"sha256:{digest};scopes=admin,read,submit"]
+    monkeypatch.setenv("RTINJURY_API_KEY_HASHES", json.dumps(lines))
+    settings = Settings()
+    # Every scope is the bare hash: the line existing deployments have, which keeps all three.
+    assert settings.api_key_hashes == [f"sha256:{digest};scopes=submit,read", f"sha256:{digest}"]
+    assert [sorted(line.scopes) for line in settings.api_keys] == [
+        [Scope.READ, Scope.SUBMIT],
+        [Scope.ADMIN, Scope.READ, Scope.SUBMIT],
+    ]
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            "sha256:{digest};scopes=submit,sudo",
+            "entry 1: unknown scope(s) sudo; scopes are submit, read, admin",
+        ),
+        ("sha256:{digest};scopes=", "entry 1: no scope given"),
+        ("sha256:{digest};roles=admin", "entry 1: after ';' comes 'scopes=<names>'"),
+        ("plaintext-key-pasted;scopes=read", "entry 1: not of the form 'sha256:<64 hex>"),
+    ],
+)
+def test_a_bad_key_line_is_a_settings_error_that_names_the_entry(
+    monkeypatch: pytest.MonkeyPatch, line: str, message: str
+) -> None:
+    digest = "cd" * 32
+    monkeypatch.setenv(
+        "RTINJURY_API_KEY_HASHES", json.dumps([f"sha256:{'ab' * 32}", line.format(digest=digest)])
+    )
+    with pytest.raises(ValidationError) as raised:
+        Settings()
+    errors = str(raised.value.errors(include_input=False))
+    assert message in errors
+    assert digest not in errors and "plaintext-key-pasted" not in errors

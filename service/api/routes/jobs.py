@@ -1,4 +1,9 @@
-"""``/v1/jobs``: upload a patient's DICOM, follow the job, download its results, refine, delete."""
+"""``/v1/jobs``: upload a patient's DICOM, follow the job, download its results, refine, delete.
+
+Scopes: ``submit`` to create, refine, deliver and delete; ``read`` to list, read and download.
+A key acts on its own jobs only (another owner's job answers as one that does not exist); an
+``admin`` key acts on every job, the DICOM node's included.
+"""
 
 from __future__ import annotations
 
@@ -8,18 +13,18 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import FileResponse
 
 from service import jobs
-from service.api.deps import DispatcherDep, MetricsDep, OwnerDep, SessionDep, SettingsDep
-from service.api.errors import PROBLEM_MEDIA_TYPE
-from service.schemas import JobCreateForm, JobPublic, JobsPublic, Problem, RefineRequest
+from service.api.auth import Caller, forbidden
+from service.api.deps import DispatcherDep, MetricsDep, ReaderDep, SessionDep, SettingsDep, SubmitterDep
+from service.api.errors import problem_responses
+from service.keys import Scope
+from service.schemas import JobCreateForm, JobPublic, JobsPublic, RefineRequest
 from worker.jobs.status import JobState
 from worker.stages.export.files import MEDIA_TYPES
 
-
-def _problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in statuses}
+_problems = problem_responses
 
 
-router = APIRouter(prefix=jobs.JOBS_PATH, tags=["jobs"], responses=_problems(401, 422))
+router = APIRouter(prefix=jobs.JOBS_PATH, tags=["jobs"], responses=_problems(401, 403, 422))
 
 
 def _upload_body() -> dict[str, Any]:
@@ -48,10 +53,12 @@ async def create_job(
     session: SessionDep,
     settings: SettingsDep,
     dispatcher: DispatcherDep,
-    owner: OwnerDep,
+    caller: SubmitterDep,
 ) -> JobPublic:
     """Upload one patient's DICOM and queue a job; the case is checked before it is queued."""
-    record = await jobs.create_job(request.headers, request.stream(), session, settings, dispatcher, owner)
+    record = await jobs.create_job(
+        request.headers, request.stream(), session, settings, dispatcher, caller.owner
+    )
     response.headers["Location"] = jobs.job_location(record.id)
     return jobs.job_public(record, settings)
 
@@ -61,24 +68,37 @@ def list_jobs(
     session: SessionDep,
     settings: SettingsDep,
     metrics: MetricsDep,
-    _owner: OwnerDep,
+    caller: ReaderDep,
     state: JobState | None = None,
-    owner: Annotated[str | None, Query(pattern=r"^[0-9a-f]{12}$", description="owner id of a key")] = None,
+    owner: Annotated[
+        str | None, Query(pattern=r"^[0-9a-f]{12}$", description="owner id of a key (admin keys only)")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> JobsPublic:
-    """Jobs, newest first, optionally of one state or one key's owner id."""
-    page = jobs.list_jobs(session, settings, metrics, owner=owner, state=state, limit=limit, offset=offset)
+    """The caller's jobs (an admin's: every job), newest first, optionally of one state or owner."""
+    listed = _listed_owner(caller, owner)
+    page = jobs.list_jobs(session, settings, metrics, owner=listed, state=state, limit=limit, offset=offset)
     data = [jobs.job_public(record, settings) for record in page.records]
     return JobsPublic(data=data, count=page.count, limit=limit, offset=offset)
 
 
+def _listed_owner(caller: Caller, owner: str | None) -> str | None:
+    """Whose jobs a listing shows: the caller's own, or for an admin every owner's (or ``owner``'s)."""
+    if caller.is_admin:
+        return owner
+    if owner is not None:
+        raise forbidden(caller, Scope.ADMIN, "filter jobs by owner (scope admin)")
+    return caller.owner
+
+
 @router.get("/{job_id}", response_model=JobPublic, responses=_problems(404))
 def read_job(
-    job_id: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, _owner: OwnerDep
+    job_id: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, caller: ReaderDep
 ) -> JobPublic:
     """Where a job stands: state, stage, progress, timings, warnings, error, result links."""
-    return jobs.job_public(jobs.get_job(session, settings, metrics, job_id), settings)
+    record = jobs.get_job(session, settings, metrics, job_id, tenant=caller.tenant)
+    return jobs.job_public(record, settings)
 
 
 @router.get(
@@ -90,10 +110,10 @@ def read_job(
     },
 )
 def read_result(
-    job_id: str, name: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, _owner: OwnerDep
+    job_id: str, name: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, caller: ReaderDep
 ) -> FileResponse:
     """One result of a succeeded job: seg, rtstruct, sr (DICOM), report (JSON) or preview (PNG)."""
-    result = jobs.result_file(session, settings, metrics, job_id, name)
+    result = jobs.result_file(session, settings, metrics, job_id, name, tenant=caller.tenant)
     return FileResponse(result.path, media_type=result.media_type, filename=result.download_name)
 
 
@@ -104,10 +124,10 @@ def read_result(
     responses=_problems(404, 409),
 )
 def delete_job(
-    job_id: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, _owner: OwnerDep
+    job_id: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, caller: SubmitterDep
 ) -> Response:
     """Delete a finished job's files (its record stays for the audit trail; the job answers 404)."""
-    jobs.delete_job(session, settings, metrics, job_id)
+    jobs.delete_job(session, settings, metrics, job_id, tenant=caller.tenant)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -125,10 +145,12 @@ def refine_job(
     settings: SettingsDep,
     metrics: MetricsDep,
     dispatcher: DispatcherDep,
-    _owner: OwnerDep,
+    caller: SubmitterDep,
 ) -> JobPublic:
     """Re-segment with reviewer clicks (patient coordinates, mm): the decoder on the cached embedding."""
-    record = jobs.refine_job(session, settings, metrics, dispatcher, job_id, body.clicks)
+    record = jobs.refine_job(
+        session, settings, metrics, dispatcher, job_id, body.clicks, tenant=caller.tenant
+    )
     response.headers["Location"] = jobs.job_location(record.id)
     return jobs.job_public(record, settings)
 
@@ -145,8 +167,8 @@ def deliver_job(
     settings: SettingsDep,
     metrics: MetricsDep,
     dispatcher: DispatcherDep,
-    _owner: OwnerDep,
+    caller: SubmitterDep,
 ) -> JobPublic:
     """Send a succeeded job's SEG, RTSTRUCT and SR to its DICOM destinations again."""
-    record = jobs.deliver_job(session, settings, metrics, dispatcher, job_id)
+    record = jobs.deliver_job(session, settings, metrics, dispatcher, job_id, tenant=caller.tenant)
     return jobs.job_public(record, settings)

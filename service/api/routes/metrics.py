@@ -1,13 +1,16 @@
-"""``/metrics``: Prometheus text (jobs by state, stage durations, HTTP requests); needs a key."""
+"""``/metrics``: Prometheus text (jobs by state, stage durations, HTTP requests); needs scope ``read``.
+
+Counts only, never a job's id or owner, so a scraper's read-only key is enough.
+"""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Response
 
 from service import jobs
-from service.api.deps import MetricsDep, SessionDep, SettingsDep, require_api_key
+from service.api.deps import MetricsDep, SessionDep, SettingsDep, require_read
 
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_api_key)])
+router = APIRouter(tags=["metrics"], dependencies=[Depends(require_read)])
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

@@ -1,4 +1,7 @@
-"""``/v1/studies``: what the DICOM node received, per patient, and whether it made jobs of it."""
+"""``/v1/studies``: what the DICOM node received, per patient, and whether it made jobs of it.
+
+Admin keys only: the node's holdings and jobs belong to no client key.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +11,18 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api.deps import OwnerDep, SessionDep
+from service.api.deps import AdminDep, SessionDep
+from service.api.errors import problem_responses
 from service.db import NodeInstance, NodeStudy
 from service.schemas import StudiesPublic, StudyPublic, StudySeriesPublic
 
-router = APIRouter(prefix="/v1/studies", tags=["studies"])
+router = APIRouter(prefix="/v1/studies", tags=["studies"], responses=problem_responses(401, 403, 422))
 
 
 @router.get("", response_model=StudiesPublic)
 def list_studies(
     session: SessionDep,
-    _owner: OwnerDep,
+    _caller: AdminDep,
     state: Annotated[str | None, Query(pattern="^(receiving|complete|incomplete)$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,

@@ -130,3 +130,43 @@ CLOSED_BROKER = "redis://127.0.0.1:1/0"
 def broker_down() -> Dispatcher:
     """The real dispatcher, its broker down (failure injected by configuration, not by a fake)."""
     return Dispatcher(WorkerSettings(broker_url=CLOSED_BROKER))
+
+
+#: Keys configured by their hash lines, with scopes (``scoped_app``); API_KEY stays all-scopes.
+TENANT_A_KEY = "tenant-a-key-0123456789abcdefgh"
+TENANT_B_KEY = "tenant-b-key-0123456789abcdefgh"
+SUBMIT_KEY = "submit-only-key-0123456789abcdef"
+READ_KEY = "read-only-key-0123456789abcdefgh"
+ADMIN_KEY = "admin-only-key-0123456789abcdefg"
+KEY_SCOPES = {
+    TENANT_A_KEY: "submit,read",
+    TENANT_B_KEY: "submit,read",
+    SUBMIT_KEY: "submit",
+    READ_KEY: "read",
+    ADMIN_KEY: "admin",
+}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def owner_of_key(key: str) -> str:
+    from service.api.auth import hash_api_key, owner_of
+
+    return owner_of(hash_api_key(key))
+
+
+@pytest.fixture
+def scoped_settings(tmp_path: Path) -> Settings:
+    """Settings with one hash line per key of KEY_SCOPES (validated as the environment's are)."""
+    from service.api.auth import hash_api_key
+
+    lines = [f"{hash_api_key(key)};scopes={scopes}" for key, scopes in KEY_SCOPES.items()]
+    return Settings(storage_root=tmp_path / "storage", api_key=API_KEY, api_key_hashes=lines)
+
+
+@pytest.fixture
+def scoped_client(scoped_settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(scoped_settings)) as client:
+        yield client

@@ -1,4 +1,5 @@
-"""What every route promises: a key (but health), problem+json errors, request ids, no torch."""
+"""What every route promises: a key with its scope (but health), problem+json errors, request ids,
+no torch."""
 
 from __future__ import annotations
 
@@ -16,25 +17,56 @@ from service.api.deps import get_dispatcher
 from service.api.middleware import REQUEST_ID, RequestIdLogFilter
 from service.config import Settings
 from service.main import create_app
-from tests.service.api.conftest import AUTH, broker_down
+from tests.service.api.conftest import (
+    ADMIN_KEY,
+    AUTH,
+    KEY_SCOPES,
+    READ_KEY,
+    SUBMIT_KEY,
+    bearer,
+    broker_down,
+)
 
 OPEN_ROUTES = {"/healthz", "/readyz"}
+#: The scope each protected route needs; a route missing here fails the walk below.
+ROUTE_SCOPES = {
+    ("POST", "/v1/jobs"): "submit",
+    ("GET", "/v1/jobs"): "read",
+    ("GET", "/v1/jobs/{job_id}"): "read",
+    ("DELETE", "/v1/jobs/{job_id}"): "submit",
+    ("GET", "/v1/jobs/{job_id}/results/{name}"): "read",
+    ("POST", "/v1/jobs/{job_id}/refine"): "submit",
+    ("POST", "/v1/jobs/{job_id}/deliver"): "submit",
+    ("GET", "/v1/studies"): "admin",
+    ("GET", "/metrics"): "read",
+}
+
+
+def _protected_templates(app: FastAPI) -> list[tuple[str, str]]:
+    """Every API route but health as (method, template), from the app's own OpenAPI document
+    (FastAPI ≥ 0.16x keeps included routers as opaque entries in ``app.routes``; the document
+    lists each operation)."""
+    return [
+        (method.upper(), template)
+        for template, operations in app.openapi()["paths"].items()
+        if template not in OPEN_ROUTES
+        for method in sorted(operations)
+    ]
+
+
+def _path_of(template: str) -> str:
+    return template.replace("{job_id}", "0" * 32).replace("{name}", "seg")
 
 
 def _protected_routes(app: FastAPI) -> list[tuple[str, str]]:
-    """Every API route but health, from the app's own OpenAPI document (FastAPI ≥ 0.16x keeps
-    included routers as opaque entries in ``app.routes``; the document lists each operation)."""
-    routes = []
-    for template, operations in app.openapi()["paths"].items():
-        if template not in OPEN_ROUTES:
-            path = template.replace("{job_id}", "0" * 32).replace("{name}", "seg")
-            routes.extend((method.upper(), path) for method in sorted(operations))
-    return routes
+    return [(method, _path_of(template)) for method, template in _protected_templates(app)]
 
 
 def test_every_route_but_health_needs_a_key(client: TestClient, app: FastAPI) -> None:
     routes = _protected_routes(app)
     assert {path for _, path in routes} >= {"/v1/jobs", "/metrics", f"/v1/jobs/{'0' * 32}/refine"}
+    # Every route has its scope in the table: the next test walks them with keys lacking it.
+    assert set(_protected_templates(app)) == set(ROUTE_SCOPES)
     for method, path in routes:
         for headers in ({}, {"Authorization": "Bearer wrong-key-wrong-key"}):
             response = client.request(method, path, headers=headers)
@@ -43,6 +75,36 @@ def test_every_route_but_health_needs_a_key(client: TestClient, app: FastAPI) ->
             assert response.headers["www-authenticate"].startswith("Bearer")
     assert client.get("/healthz").status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_every_route_needs_its_scope_and_says_so_when_a_key_lacks_it(scoped_client: TestClient) -> None:
+    app = scoped_client.app
+    assert isinstance(app, FastAPI)
+    assert set(_protected_templates(app)) == set(ROUTE_SCOPES), "give every new route a scope here"
+    single_scope_keys = {scopes: key for key, scopes in KEY_SCOPES.items() if "," not in scopes}
+    for (method, template), needed in ROUTE_SCOPES.items():
+        path = _path_of(template)
+        for scopes, key in single_scope_keys.items():
+            response = scoped_client.request(method, path, headers=bearer(key))
+            if scopes in (needed, "admin"):  # admin may everything
+                # Past the scope check: whatever the route answers next (404 job, 415 body …).
+                assert response.status_code not in (401, 403), (method, template, scopes, response.text)
+                continue
+            assert response.status_code == 403, (method, template, scopes, response.text)
+            problem = response.json()
+            assert response.headers["content-type"] == "application/problem+json"
+            assert (problem["code"], problem["type"]) == ("forbidden", "urn:rtinjury:problem:forbidden")
+            detail = problem["detail"]
+            assert detail.startswith("this key may not ") and f"(scope {needed})" in detail
+            assert detail.endswith(f"it has scopes {scopes}")
+
+
+def test_the_owner_filter_is_for_admin_keys_only(scoped_client: TestClient) -> None:
+    owner = {"owner": "0" * 12}
+    for key in (READ_KEY, SUBMIT_KEY):
+        refused = scoped_client.get("/v1/jobs", params=owner, headers=bearer(key))
+        assert refused.status_code == 403 and refused.json()["code"] == "forbidden"
+    assert scoped_client.get("/v1/jobs", params=owner, headers=bearer(ADMIN_KEY)).status_code == 200
 
 
 def test_without_configured_keys_every_protected_route_says_how_to_add_one(settings: Settings) -> None:

@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.service.cli.runner import rtinjury
 
@@ -50,3 +51,36 @@ def _keys_hash(stdin: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+def test_new_with_scopes_prints_the_line_the_server_takes(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from service.config import Settings
+    from service.main import create_app
+
+    result = rtinjury("keys", "new", "--scopes", "read,submit")
+    assert result.returncode == 0, result.stderr
+    key = re.search(r"^key:\s+(\S+)$", result.stdout, re.M)
+    line = re.search(r"^line:\s+(sha256:[0-9a-f]{64};scopes=submit,read)$", result.stdout, re.M)
+    assert key and line, result.stdout
+    assert f"""RTINJURY_API_KEY_HASHES='["{line.group(1)}"]'""" in result.stdout
+
+    settings = Settings(storage_root=tmp_path, api_key_hashes=[line.group(1)])
+    auth = {"Authorization": f"Bearer {key.group(1)}"}
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/v1/jobs", headers=auth).status_code == 200
+        assert client.get("/v1/studies", headers=auth).status_code == 403
+
+
+def test_new_without_scopes_is_the_bare_hash_and_json_names_them() -> None:
+    made = json.loads(rtinjury("keys", "new", "--json").stdout)
+    assert made["line"] == made["hash"] and made["scopes"] == ["submit", "read", "admin"]
+    admin = json.loads(rtinjury("keys", "new", "--scopes", "admin", "--json").stdout)
+    assert admin["line"] == f"{admin['hash']};scopes=admin" and admin["scopes"] == ["admin"]
+
+
+def test_new_with_an_unknown_scope_is_a_usage_error() -> None:
+    result = rtinjury("keys", "new", "--scopes", "read,everything")
+    assert result.returncode == 2
+    assert "unknown scope(s) everything" in result.stderr and "Traceback" not in result.stderr
