@@ -17,9 +17,10 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from service import __version__
+from service.api.audit import AuditMiddleware
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import health, jobs, metrics, studies
+from service.api.routes import audit, health, jobs, metrics, studies
 from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import ServiceMetrics
@@ -70,11 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.database = database
     app.state.metrics = service_metrics
     install_error_handlers(app)
+    # Added first, so it runs inside the request middleware: the request id is set, and an
+    # unexpected error is still a 500 row.
+    app.add_middleware(AuditMiddleware, database=database)
     app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(studies.router)
     app.include_router(metrics.router)
+    app.include_router(audit.router)
     return app
 
 

@@ -173,3 +173,29 @@ class StudiesPublic(BaseModel):
     count: int
     limit: int
     offset: int
+
+
+AuditAction = Literal["submit", "list", "read", "download", "refine", "deliver", "delete"]
+
+
+class AuditEventPublic(BaseModel):
+    """One call of a job route: who, what, on which job, and the answer's status (no patient data)."""
+
+    id: int
+    at: datetime
+    #: Owner id of the calling key.
+    owner: str
+    action: AuditAction
+    job_id: str | None
+    #: The result downloaded (``download`` only).
+    result: str | None
+    #: HTTP status of the answer (403 and 404 refusals included).
+    status: int
+    request_id: str
+
+
+class AuditEventsPublic(BaseModel):
+    data: list[AuditEventPublic]
+    count: int
+    limit: int
+    offset: int

@@ -1,5 +1,5 @@
-"""The tables: jobs (the job folder holds the files, the row what the API lists), and the DICOM
-node's associations, received instances and per-patient studies.
+"""The tables: jobs (the job folder holds the files, the row what the API lists), the audit trail
+of the job routes, and the DICOM node's associations, received instances and per-patient studies.
 
 The schema is created with ``create_all`` at start-up; there is no migration tool yet, so a
 change to these columns needs a migration (Alembic) before it ships to a site with records.
@@ -71,6 +71,31 @@ class JobRecord(Base):
     job_key: Mapped[str | None] = mapped_column(String(64), unique=True)
     #: Who made the job: "api" (an upload) or "node" (a study pushed by a PACS).
     source: Mapped[str] = mapped_column(String(8), default="api")
+
+
+class AuditEvent(Base):
+    """One call of a job route, allowed or refused: who, what, which job, the answer's status.
+
+    Nothing here comes from a patient: owner ids, action names, job ids (uuid4 hex), result
+    names and request ids only.
+    """
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utc_now, index=True)
+    #: Owner id of the calling key (first 12 hex digits of its hash).
+    owner: Mapped[str] = mapped_column(String(12), index=True)
+    #: submit, list, read, download, refine, deliver or delete.
+    action: Mapped[str] = mapped_column(String(16))
+    #: The job named in the path, or the job a submit made; None for a list, a refused submit
+    #: and a path whose id is not a job id.
+    job_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    #: The result name of a download.
+    result: Mapped[str | None] = mapped_column(String(16))
+    #: HTTP status of the answer.
+    status: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str] = mapped_column(String(64))
 
 
 class NodeAssociation(Base):

@@ -59,6 +59,8 @@ async def create_job(
     record = await jobs.create_job(
         request.headers, request.stream(), session, settings, dispatcher, caller.owner
     )
+    # The path names no job yet: the audit trail takes the new job's id from here.
+    request.state.created_job_id = record.id
     response.headers["Location"] = jobs.job_location(record.id)
     return jobs.job_public(record, settings)
 

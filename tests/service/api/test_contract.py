@@ -38,6 +38,7 @@ ROUTE_SCOPES = {
     ("POST", "/v1/jobs/{job_id}/refine"): "submit",
     ("POST", "/v1/jobs/{job_id}/deliver"): "submit",
     ("GET", "/v1/studies"): "admin",
+    ("GET", "/v1/audit-events"): "admin",
     ("GET", "/metrics"): "read",
 }
 
