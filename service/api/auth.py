@@ -29,7 +29,7 @@ _INVALID_CHALLENGE = {"WWW-Authenticate": 'Bearer error="invalid_token"'}
 
 
 def hash_api_key(key: str) -> str:
-    """``sha256:<hex>``: the line that goes into ``RTINJURY_API_KEY_HASHES``."""
+    """``sha256:<hex>``: the key's line in ``RTINJURY_API_KEY_HASHES`` (all scopes; see ``service.keys``)."""
     return HASH_PREFIX + hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 

@@ -9,8 +9,11 @@ from fastapi import APIRouter, Depends, Response
 
 from service import jobs
 from service.api.deps import MetricsDep, SessionDep, SettingsDep, require_read
+from service.api.errors import problem_responses
 
-router = APIRouter(tags=["metrics"], dependencies=[Depends(require_read)])
+router = APIRouter(
+    tags=["metrics"], dependencies=[Depends(require_read)], responses=problem_responses(401, 403)
+)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
