@@ -13,7 +13,14 @@ What pynetdicom is told, and why:
 - Its standard event logging is off (it logs DIMSE messages with UIDs and, at debug level,
   whole PDUs): nothing patient-related reaches a log from here.
 - Timeouts: an association silent for ``node_network_timeout_s`` is aborted by pynetdicom and
-  recorded as aborted (its instances set aside).
+  recorded as aborted (its instances set aside). pynetdicom leaves the accepted sockets
+  blocking: a peer that stops inside a PDU (or sends a few bytes of anything) would hold its
+  thread and an association slot forever, so each connection gets the same timeout.
+- A PDU longer than the node's maximum PDU (at least 1 MiB, for association requests) closes
+  the connection before its body is read: pynetdicom would buffer whatever length a peer
+  declares, 4 GiB included, in memory.
+- Temporary files of an association that ends without handing them to the inbox (a dataset
+  cut short, a C-STORE pynetdicom refused) are deleted when it ends.
 
 Handlers are ``handle_<event>`` functions that never raise: expected failures are DIMSE
 statuses (``StoreStatus``); anything unexpected is logged by type and place, with the
@@ -30,7 +37,7 @@ import threading
 import traceback
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 from uuid import uuid4
 
 from pynetdicom import AE, _config, dimse_messages, evt
@@ -54,6 +61,9 @@ _REAPER_INTERVAL_S = 0.2
 #: Each instance waits for it at least twice (data in, response out): at 1 ms that is most of
 #: an instance's time on loopback; at 0.2 ms an idle open association costs ~3% of a core.
 _DUL_IDLE_SLEEP_S = 0.0002
+#: The longest PDU body read when ``node_max_pdu`` is smaller: an A-ASSOCIATE-RQ is not bound
+#: by the maximum PDU and one proposing every context of a big PACS is tens of KiB.
+_MIN_PDU_LIMIT = 1024**2
 
 
 class NodeServer:
@@ -197,6 +207,7 @@ class NodeServer:
             assoc_id = self._open.pop(assoc, None)
         if assoc_id is None:
             return
+        _discard_temporary_files(assoc)
         try:
             self.inbox.close_association(assoc_id, released=released)
         except Exception as error:
@@ -219,17 +230,43 @@ class NodeServer:
 
 
 def handle_connection_open(event: Event) -> None:
-    """Tune the new connection for many small request/response exchanges."""
+    """Bound the new connection (a read timeout, a PDU size limit) and tune it for many small
+    request/response exchanges."""
     try:
         connection = event.assoc.dul.socket
         if connection is not None and connection.socket is not None:
+            # accept() gives a blocking socket whatever the listening one had: without this a
+            # read inside a PDU waits for ever.
+            connection.socket.settimeout(event.assoc.network_timeout)
             # One C-STORE response per instance: never hold it back for Nagle's algorithm.
             connection.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _limit_pdu_reads(connection, event.assoc.ae.maximum_pdu_size)
         # A private attribute of pynetdicom's DUL (3.0): no setting exists for it.
         if hasattr(event.assoc.dul, "_run_loop_delay"):
             event.assoc.dul._run_loop_delay = _DUL_IDLE_SLEEP_S
     except Exception as error:
         _log_unexpected("tuning a connection", None, error)
+
+
+def _limit_pdu_reads(connection: Any, maximum_pdu: int) -> None:
+    """Make reads longer than the PDU limit fail as a closed connection would.
+
+    pynetdicom's DUL reads a PDU as ``recv(6)`` then ``recv(length)``: a failing ``recv`` ends
+    the connection (A-P-ABORT) before a byte of the body is buffered. ``maximum_pdu`` 0 means
+    unlimited, as in pynetdicom.
+    """
+    if not maximum_pdu:
+        return
+    limit = max(maximum_pdu, _MIN_PDU_LIMIT)
+    receive = connection.recv
+
+    def bounded_recv(count: int) -> Any:
+        if count > limit:
+            log.warning("connection closed: a peer announced a %d-byte PDU (limit %d)", count, limit)
+            raise ConnectionAbortedError("PDU over the node's limit")
+        return receive(count)
+
+    connection.recv = bounded_recv
 
 
 def handle_echo(_event: Event) -> int:
@@ -300,6 +337,9 @@ def _quiet_pynetdicom() -> None:
 
 #: The incoming folder of each running node's AE (weak: a stopped node's AE can go).
 _INCOMING_DIRS: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
+#: Per association, the temporary files pynetdicom has not closed yet (at most the one being
+#: received, or one it dropped).
+_OPEN_TEMPORARY_FILES: weakref.WeakKeyDictionary[Association, list[IO[bytes]]] = weakref.WeakKeyDictionary()
 _ROUTING_LOCK = threading.Lock()
 
 
@@ -318,8 +358,28 @@ def _route_temporary_files(ae: AE, incoming_dir: Path) -> None:
 
 def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
     thread = threading.current_thread()
-    if isinstance(thread, DULServiceProvider) and "dir" not in kwargs:
-        incoming = _INCOMING_DIRS.get(thread.assoc.ae)
-        if incoming is not None:
-            kwargs["dir"] = incoming
-    return tempfile.NamedTemporaryFile(*args, **kwargs)
+    if not isinstance(thread, DULServiceProvider) or "dir" in kwargs:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)
+    incoming = _INCOMING_DIRS.get(thread.assoc.ae)
+    if incoming is None:
+        return tempfile.NamedTemporaryFile(*args, **kwargs)
+    kwargs["dir"] = incoming
+    file = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 (pynetdicom owns it)
+    with _ROUTING_LOCK:
+        # pynetdicom closes a file once its handler has run: only the others are kept.
+        still_open = [f for f in _OPEN_TEMPORARY_FILES.get(thread.assoc, []) if not f.closed]
+        _OPEN_TEMPORARY_FILES[thread.assoc] = [*still_open, file]
+    return file
+
+
+def _discard_temporary_files(assoc: Association) -> None:
+    """Delete ``assoc``'s temporary files that never reached the inbox: the dataset being received
+    when it was aborted, or one pynetdicom refused (it aborts without deleting it; pynetdicom
+    creates them with ``delete=False``)."""
+    with _ROUTING_LOCK:
+        files = _OPEN_TEMPORARY_FILES.pop(assoc, [])
+    for file in files:
+        if file.closed:
+            continue
+        file.close()
+        Path(file.name).unlink(missing_ok=True)
