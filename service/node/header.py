@@ -1,9 +1,13 @@
 """Reading what the node needs from a received instance: its file meta and the few header
-attributes it files by, without reading pixel data or the big RT sequences."""
+attributes it files by, without reading pixel data or the big RT sequences; and checking that
+the received bytes hold every element the dataset declares (a dataset cut short, or one whose
+lengths lie, is refused at once instead of failing a job later)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import struct
 import zlib
 from dataclasses import dataclass
 from io import BytesIO
@@ -16,7 +20,15 @@ from pydicom.uid import UID
 
 from worker.stages.assemble.case import patient_alias
 
-__all__ = ["HeaderError", "InstanceHeader", "patient_alias", "patient_key", "read_file_meta", "read_header"]
+__all__ = [
+    "HeaderError",
+    "InstanceHeader",
+    "check_extent",
+    "patient_alias",
+    "patient_key",
+    "read_file_meta",
+    "read_header",
+]
 
 #: The attributes the node routes on, all in groups 0008-0020, so reading stops after the last one.
 _HEADER_KEYWORDS = (
@@ -31,6 +43,15 @@ _HEADER_TAGS: list[BaseTag | int] = [Tag(keyword) for keyword in ("SpecificChara
 _LAST_HEADER_TAG = Tag("SeriesInstanceUID")
 #: Inflated bytes read from a deflated dataset to find the header (it sits at the very start).
 _INFLATED_HEAD_BYTES = 4 * 1024**2
+#: Item, item delimitation and sequence delimitation tags (PS3.5 7.5), as (group << 16) | element.
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+#: Explicit VRs with a reserved field and a 4-byte length (PS3.5 Table 7.1-1).
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
+#: Sequences nested deeper than this are refused (real objects nest a handful of levels).
+_MAX_NESTING = 32
 
 
 def patient_key(patient_id: str) -> str:
@@ -140,3 +161,78 @@ def read_file_meta(fp: BinaryIO) -> tuple[FileMetaDataset | None, int]:
 
 def _not_file_meta(tag: BaseTag, _vr: str | None, _length: int) -> bool:
     return tag.group != 0x0002
+
+
+def check_extent(fp: BinaryIO, transfer_syntax: UID) -> None:
+    """Check that every element of the dataset starting at ``fp``'s position ends within the file.
+
+    Only lengths are read and values skipped (by seeking), so pixel data is never read. A trailing
+    fragment shorter than an element header is tolerated, as pydicom does. Deflated and big
+    endian datasets are not checked (their bytes cannot be skipped through).
+
+    Raises
+    ------
+    HeaderError
+        When an element, item or sequence runs past the received bytes, or a sequence is malformed.
+    """
+    if transfer_syntax.is_deflated or not transfer_syntax.is_little_endian:
+        return
+    start = fp.tell()
+    end = fp.seek(0, os.SEEK_END)
+    fp.seek(start)
+    _skip_elements(fp, end, transfer_syntax.is_implicit_VR, depth=0)
+
+
+def _skip_elements(fp: BinaryIO, end: int, implicit: bool, depth: int) -> None:
+    """Skip the elements of a dataset (``depth`` 0) or of an undefined-length item (its end)."""
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            if depth:
+                raise HeaderError("dataset truncated: a sequence item has no end")
+            return
+        group, element, length = struct.unpack("<HHL", head)
+        tag = group << 16 | element
+        if tag == _ITEM_END and depth:
+            return
+        vr = None
+        if not implicit and group != 0xFFFE:
+            vr = head[4:6]
+            if vr in _LONG_VRS:
+                long_length = fp.read(4)
+                if len(long_length) < 4:
+                    raise HeaderError("dataset truncated: an element header is cut")
+                length = struct.unpack("<L", long_length)[0]
+            else:
+                length = struct.unpack("<H", head[6:8])[0]
+        if length == _UNDEFINED_LENGTH:
+            # A sequence, encapsulated pixel data, or a UN holding an implicit VR sequence.
+            _skip_sequence(fp, end, implicit or vr == b"UN", depth + 1)
+        else:
+            _skip_value(fp, length, end)
+
+
+def _skip_sequence(fp: BinaryIO, end: int, implicit: bool, depth: int) -> None:
+    """Skip the items of an undefined-length sequence, up to its delimitation item."""
+    if depth > _MAX_NESTING:
+        raise HeaderError("dataset refused: sequences nested too deeply")
+    while True:
+        head = fp.read(8)
+        if len(head) < 8:
+            raise HeaderError("dataset truncated: a sequence has no end")
+        group, element, length = struct.unpack("<HHL", head)
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return
+        if tag != _ITEM:
+            raise HeaderError("dataset malformed: a sequence holds something other than items")
+        if length == _UNDEFINED_LENGTH:
+            _skip_elements(fp, end, implicit, depth)
+        else:
+            _skip_value(fp, length, end)
+
+
+def _skip_value(fp: BinaryIO, length: int, end: int) -> None:
+    if fp.tell() + length > end:
+        raise HeaderError("dataset truncated: an element is longer than the bytes received")
+    fp.seek(length, os.SEEK_CUR)

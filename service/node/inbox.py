@@ -34,7 +34,14 @@ from sqlalchemy.orm import Session
 from service.config import Settings
 from service.db.engine import Database
 from service.db.models import NodeAssociation, NodeInstance, NodeStudy, utc_now
-from service.node.header import HeaderError, InstanceHeader, patient_alias, read_file_meta, read_header
+from service.node.header import (
+    HeaderError,
+    InstanceHeader,
+    check_extent,
+    patient_alias,
+    read_file_meta,
+    read_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -210,9 +217,12 @@ class Inbox:
             return StoreStatus.OUT_OF_SPACE
         with dataset_path.open("rb") as fp:
             received_meta, offset = read_file_meta(fp)
-            fp.seek(offset)
+            syntax = UID(file_meta.TransferSyntaxUID)
             try:
-                header = read_header(fp, UID(file_meta.TransferSyntaxUID))
+                fp.seek(offset)
+                header = read_header(fp, syntax)
+                fp.seek(offset)
+                check_extent(fp, syntax)
             except HeaderError as error:
                 log.warning("association %s: instance refused: %s", assoc_id, error)
                 return StoreStatus.UNREADABLE

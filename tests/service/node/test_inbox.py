@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import zlib
+from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,14 +14,23 @@ import pydicom
 import pytest
 from pydicom.dataset import FileMetaDataset
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RTPlanStorage
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    JPEGLSLossless,
+    RLELossless,
+    RTPlanStorage,
+)
 from sqlalchemy import select
 
 from service.config import Settings
 from service.db.engine import Database
 from service.db.models import NodeAssociation, NodeInstance, NodeStudy, utc_now
-from service.node.header import patient_alias, patient_key, read_file_meta
+from service.node.header import HeaderError, check_extent, patient_alias, patient_key, read_file_meta
 from service.node.inbox import Inbox, StoreStatus
+from tests.conftest import SHARED_DATA
+from tests.factories import compress_files
 from worker.stages.assemble.case import Case
 
 
@@ -226,3 +236,59 @@ def test_read_file_meta_finds_where_the_dataset_starts(ct_files, tmp_path):
     bare.write_bytes(data[offset:])
     with bare.open("rb") as fp:
         assert read_file_meta(fp) == (None, 0)
+
+
+def _part10_files(root: Path) -> list[Path]:
+    paths = [path for path in sorted(root.rglob("*")) if path.is_file()]
+    return [path for path in paths if path.read_bytes()[128:132] == b"DICM"]
+
+
+def _check(data: bytes) -> None:
+    """check_extent on the dataset of a Part 10 file held in ``data``."""
+    fp = BytesIO(data)
+    meta, offset = read_file_meta(fp)
+    assert meta is not None
+    fp.seek(offset)
+    check_extent(fp, UID(meta.TransferSyntaxUID))
+
+
+def test_every_real_and_compressed_file_is_complete(orn_patient, tmp_path):
+    """No false refusal: the public files (implicit and explicit VR, nested sequences, RT objects,
+    SEG, enhanced MR) and the synthetic patient, also encapsulated in RLE and JPEG-LS."""
+    files = _part10_files(SHARED_DATA) + _part10_files(orn_patient)
+    cts = sorted((orn_patient / "followup-1" / "ct").glob("*.dcm"))[:2]
+    files += compress_files(cts, RLELossless, tmp_path / "rle")
+    files += compress_files(cts, JPEGLSLossless, tmp_path / "jpegls")
+    assert len(files) > 100
+    for path in files:
+        _check(path.read_bytes())
+
+
+@pytest.mark.parametrize("kind", ["ct", "rtplan", "encapsulated"])
+def test_a_dataset_cut_short_is_refused(orn_patient, tmp_path, kind):
+    """Cut inside the pixel data, inside a nested sequence, inside an encapsulated fragment."""
+    ct = sorted((orn_patient / "followup-1" / "ct").glob("*.dcm"))[0]
+    source = {
+        "ct": ct,
+        "rtplan": next(orn_patient.rglob("rtplan*.dcm")),
+    }.get(kind) or compress_files([ct], RLELossless, tmp_path)[0]
+    data = source.read_bytes()
+    _check(data)
+    cut = data[: len(data) * 2 // 3]
+    with pytest.raises(HeaderError, match="truncated"):
+        _check(cut)
+
+
+def test_a_truncated_instance_is_refused_and_not_stored(inbox, node_database, ct_files):
+    meta, temporary = _received(inbox, ct_files[0])
+    temporary.write_bytes(temporary.read_bytes()[:-100])
+    inbox.open_association("a1", "PACS", "127.0.0.1")
+    assert inbox.store("a1", meta, temporary) == StoreStatus.UNREADABLE
+    assert _instances(node_database) == []
+
+
+def test_sequences_nested_without_end_are_refused():
+    item_start = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    nested = (b"\x0a\x30\xb0\x00SQ\x00\x00\xff\xff\xff\xff" + item_start) * 100
+    with pytest.raises(HeaderError, match="nested too deeply"):
+        check_extent(BytesIO(nested), ExplicitVRLittleEndian)
