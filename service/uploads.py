@@ -31,6 +31,9 @@ WRITE_BLOCK_BYTES = 1 << 20
 ZIP_MAGIC = b"PK\x03\x04"
 #: The multipart field that carries files; every other part is a form field.
 FILES_FIELD = "files"
+#: Sent with a refusal that leaves the body unread: the server closes the connection after the
+#: answer instead of draining (and discarding) the rest of an upload that may be gigabytes long.
+CLOSE_CONNECTION = {"Connection": "close"}
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,7 @@ def check_declared_length(headers: Headers, limits: UploadLimits) -> None:
     """Refuse an upload whose ``Content-Length`` already says it is too large (before reading it)."""
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limits.max_bytes:
-        raise ServiceProblem("upload-too-large", _too_large(limits))
+        raise ServiceProblem("upload-too-large", _too_large(limits), headers=CLOSE_CONNECTION)
 
 
 def multipart_boundary(headers: Headers) -> bytes:
@@ -90,7 +93,7 @@ async def receive_upload(
         async for chunk in stream:
             receiver.upload.body_bytes += len(chunk)
             if receiver.upload.body_bytes > limits.max_bytes:
-                raise ServiceProblem("upload-too-large", _too_large(limits))
+                raise ServiceProblem("upload-too-large", _too_large(limits), headers=CLOSE_CONNECTION)
             parser.write(chunk)
             await receiver.flush()
         parser.finalize()
@@ -179,7 +182,9 @@ class _PartReceiver:
         number = len(self.upload.files) + 1
         if number > self.limits.max_files:
             raise ServiceProblem(
-                "too-many-files", f"more than {self.limits.max_files} files (RTINJURY_MAX_UPLOAD_FILES)"
+                "too-many-files",
+                f"more than {self.limits.max_files} files (RTINJURY_MAX_UPLOAD_FILES)",
+                headers=CLOSE_CONNECTION,
             )
         self.part.file_path = self.inputs / f"upload-{number:05d}.dcm"
         self.upload.files.append(self.part.file_path)

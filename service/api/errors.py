@@ -47,6 +47,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     # The DICOM a client sent (worker.errors.InputError and its subclasses)
     "invalid-input": (422, "Unusable input"),
     "unreadable-dicom": (422, "Unreadable DICOM"),
+    "truncated-file": (422, "Truncated or empty DICOM file"),
     "invalid-geometry": (422, "Invalid image geometry"),
     "invalid-dose": (422, "Unusable RTDOSE"),
     "broken-reference": (422, "Broken DICOM reference"),

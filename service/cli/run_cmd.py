@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -40,10 +41,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if not args.path.exists():
-        from worker.errors import InputError
+    from worker.errors import InputError
 
+    if not args.path.exists():
         raise InputError(f"{args.path}: no such file or folder")
+    if args.out.exists() and not args.out.is_dir():
+        raise InputError(f"{args.out}: exists and is not a folder; give --out a folder for the outputs")
     report, seconds = run_case(args.path, args.out, args)
     if args.json:
         emit_json(report)
@@ -58,11 +61,9 @@ def run_case(source: Path, out: Path, args: argparse.Namespace) -> tuple[dict[st
     from pydantic import ValidationError
 
     from worker.errors import InputError
-    from worker.jobs import pipeline
     from worker.jobs.folder import JobFolder
-    from worker.jobs.progress import StatusReporter
+    from worker.jobs.selection import select_case
     from worker.jobs.spec import JobSpec, write_spec
-    from worker.runtime import get_runtime
     from worker.settings import WorkerSettings
 
     try:
@@ -79,6 +80,13 @@ def run_case(source: Path, out: Path, args: argparse.Namespace) -> tuple[dict[st
     with tempfile.TemporaryDirectory(prefix="rtinjury-run-") as scratch:
         folder = JobFolder(Path(scratch) / "job", source=source.resolve()).create()
         write_spec(spec, folder.spec_path)
+        # Headers only, well under a second: files that make no case are refused before the
+        # network takes its seconds to load (the prepare stage checks the same again).
+        select_case(folder, spec, settings.role_rules)
+        from worker.jobs import pipeline  # the network's imports (torch): after the check
+        from worker.jobs.progress import StatusReporter
+        from worker.runtime import get_runtime
+
         say_progress = _progress_printer(args.json)
         say_progress("loading the network")
         runtime = get_runtime(settings)
@@ -86,10 +94,41 @@ def run_case(source: Path, out: Path, args: argparse.Namespace) -> tuple[dict[st
             folder, on_change=lambda s: say_progress(f"[{s.progress:3d}%] {s.stage or 'done'}")
         )
         pipeline.run_job(folder, settings, runtime, reporter)
-        out.mkdir(parents=True, exist_ok=True)
-        for produced in folder.outputs.iterdir():
-            shutil.copy2(produced, out / produced.name)
+        publish_outputs(folder.outputs, out)
     return _read_report(out), reporter.status.timings_s["total"]
+
+
+def publish_outputs(produced: Path, out: Path) -> None:
+    """Put the outputs into ``out`` so that a failure leaves what it held as it was.
+
+    Everything is first copied into a hidden folder inside ``out`` (where a full disk shows),
+    then each file is renamed over its namesake: a rename on one file system cannot fail half way.
+
+    Raises
+    ------
+    worker.errors.InputError
+        ``out`` cannot be created or written (permissions, a full disk); nothing in it changed.
+    """
+    from worker.errors import InputError
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".rtinjury-partial-", dir=out))
+    except OSError as error:
+        raise InputError(f"{out}: cannot be created or written ({error.strerror or error})") from None
+    try:
+        try:
+            for path in produced.iterdir():
+                shutil.copy2(path, staging / path.name)
+        except OSError as error:
+            raise InputError(
+                f"{out}: the outputs could not be written ({error.strerror or error}); what the "
+                "folder held before is unchanged"
+            ) from None
+        for path in sorted(staging.iterdir()):
+            os.replace(path, out / path.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _progress_printer(machine: bool) -> Any:

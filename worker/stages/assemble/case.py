@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.errors import AssemblyError
+from worker.stages.assemble.extent import dose_extent, image_extent
 from worker.stages.assemble.index import Series, StudyIndex, index_files, referenced_images
 from worker.stages.assemble.rules import RoleRules, SequenceRule, load_rules
 from worker.stages.assemble.sources import ZipLimits, collect_files
@@ -133,7 +134,21 @@ def _planning_ct(index: StudyIndex, doses: list[Series], rules: RoleRules) -> Se
             "no planning CT shares the RTDOSE frame of reference (FrameOfReferenceUID); "
             "the dose cannot be placed on the patient"
         )
-    return _preferred_planning(candidates, index, rules)
+    planning = _preferred_planning(candidates, index, rules)
+    _check_dose_on_planning(doses, planning)
+    return planning
+
+
+def _check_dose_on_planning(doses: list[Series], planning: Series) -> None:
+    """Refuse a dose grid that lies wholly outside the planning CT (from headers: cheap)."""
+    ct = image_extent(planning.instances)
+    for dose in (d.first for d in doses):
+        grid = dose_extent(dose)
+        if ct is not None and grid is not None and not grid.overlaps(ct):
+            raise AssemblyError(
+                f"the RTDOSE grid ({grid}) lies wholly outside the planning CT ({ct}) of its frame "
+                "of reference; the dose cannot be placed on the patient"
+            )
 
 
 def _preferred_planning(candidates: list[Series], index: StudyIndex, rules: RoleRules) -> Series:

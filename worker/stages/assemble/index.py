@@ -1,8 +1,8 @@
 """Header index of a set of files: instances grouped into series, with the links between them.
 
 Only headers are read (no pixel data), so indexing a large study is cheap. Files that are not
-DICOM are set aside and counted; a truncated or unreadable DICOM file stops the assembly with
-its name, because silently skipping it would leave a hole in a series.
+DICOM are set aside and counted; a truncated, unreadable or empty DICOM file stops the assembly
+with its name, because silently skipping it would leave a hole in a series.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from worker.errors import DicomReadError
-from worker.stages.read.files import TRUNCATED, read_header
+from worker.stages.read.files import TRUNCATED, integer_value, read_header
 
 SOP_CATEGORIES = {
     "1.2.840.10008.5.1.4.1.1.2": "image",  # CT Image
@@ -142,9 +142,15 @@ def _instance(path: Path, index: StudyIndex) -> Instance | None:
         ds = read_header(path)
     except DicomReadError as exc:
         # A file that announces itself as DICOM but cannot be read is damaged data the user must
-        # hear about; anything else (notes, thumbnails, DICOMDIR …) is simply not ours.
+        # hear about, and so is an empty file (a copy or transfer cut short: if it was a slice,
+        # ignoring it would leave a hole that resampling then fills); anything else (notes,
+        # thumbnails, DICOMDIR …) is simply not ours.
         if exc.code == TRUNCATED or _has_dicom_magic(path):
             raise
+        if path.stat().st_size == 0:
+            raise DicomReadError(
+                f"{exc.message}; a copy or transfer was cut short: send the files again", code=TRUNCATED
+            ) from None
         index.not_dicom.append(path)
         return None
     return _describe(path, ds)
@@ -167,7 +173,7 @@ def _describe(path: Path, ds: Dataset) -> Instance:
         modality=str(ds.get("Modality", "")),
         frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "") or ""),
         date=_date(ds),
-        frames=int(ds.get("NumberOfFrames", 1) or 1),
+        frames=integer_value(ds, "NumberOfFrames", path.name, default=1) or 1,
         referenced_series=_referenced_series(ds),
         referenced_frames_of_reference=_referenced_frames(ds),
         referenced_plan=_referenced_plan(ds),

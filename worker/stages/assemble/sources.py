@@ -3,7 +3,8 @@
 Zip archives are unpacked defensively: entries with absolute paths, ``..`` components or
 symbolic links are refused (zip-slip), and the archive is refused when it declares or actually
 inflates to more than the allowed number of entries or bytes (zip bomb). Entries are written
-under generated names, so nothing in an archive chooses a path on our disk.
+under generated names, so nothing in an archive chooses a path on our disk. An archive inside the
+archive is refused rather than unpacked (nested archives are how small zip bombs grow large).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from worker.errors import InputError
 #: Files that are never instances of a study.
 IGNORED_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
 CHUNK_BYTES = 1 << 20
+ZIP_MAGIC = b"PK\x03\x04"
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,13 @@ def extract_zip(archive: Path, target: Path, limits: ZipLimits | None = None) ->
             return _write_entries(zf, entries, target, archive.name, limits)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
         raise InputError(f"{archive.name}: corrupt or unsupported zip archive ({exc})") from exc
+    except UnicodeDecodeError:
+        # zipfile decodes every name when it opens the archive: one name flagged as UTF-8 that is
+        # not UTF-8 makes the whole archive unreadable, although we never use the names.
+        raise InputError(
+            f"{archive.name}: entry names marked as UTF-8 are not valid UTF-8 (a damaged archive "
+            "or a broken zip tool); zip the files again"
+        ) from None
 
 
 def _check_entries(entries: list[zipfile.ZipInfo], name: str, limits: ZipLimits) -> None:
@@ -110,9 +119,19 @@ def _write_entries(
         with zf.open(entry) as src, out.open("wb") as dst:
             # Count what really inflates: the sizes in the directory may lie.
             while chunk := src.read(CHUNK_BYTES):
+                if dst.tell() == 0:
+                    _refuse_nested_archive(chunk, name, number)
                 total += len(chunk)
                 if total > limits.max_total_bytes:
                     raise InputError(f"{name}: inflates past the limit of {limits.max_total_bytes} bytes")
                 dst.write(chunk)
         written.append(out)
     return written
+
+
+def _refuse_nested_archive(first_chunk: bytes, name: str, number: int) -> None:
+    if first_chunk.startswith(ZIP_MAGIC):
+        raise InputError(
+            f"{name}: entry {number + 1} is itself a zip archive; archives inside an archive are not "
+            "unpacked: send the DICOM files in one zip"
+        )

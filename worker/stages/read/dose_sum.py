@@ -38,8 +38,20 @@ def total_dose(grids: Sequence[DoseGrid], plans: Sequence[PlanInfo] = ()) -> Dos
     ------
     worker.errors.DoseError
         No dose, unsupported or mixed DoseSummationType, doses of several plans, BEAM doses on
-        different grids, or mixed units/types.
+        different grids, mixed units/types, or a total that is zero everywhere.
     """
+    total = _combined(grids, plans)
+    if not total.max_gy > 0:
+        # Said here, where it is known, rather than as "no high-dose region on the follow-up"
+        # after a registration that could not have changed it.
+        raise DoseError(
+            f"the planned dose is 0 Gy everywhere on its grid ({len(grids)} RTDOSE object(s)); "
+            "there is no high-dose region to look in"
+        )
+    return total
+
+
+def _combined(grids: Sequence[DoseGrid], plans: Sequence[PlanInfo]) -> DoseGrid:
     if not grids:
         raise DoseError("no RTDOSE in the case")
     for grid in grids:

@@ -12,9 +12,12 @@ import struct
 from pathlib import Path
 
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import BytesLengthException, InvalidDicomError
+from pydicom.tag import BaseTag
+from pydicom.valuerep import VR
 
 from worker.errors import DicomReadError
 
@@ -37,6 +40,13 @@ PARSE_ERRORS = (
 )
 #: Error code of a DICOM file cut short (as opposed to a file that is not DICOM at all).
 TRUNCATED = "truncated-file"
+#: Value representations that DICOM defines (an explicit-VR file naming another one is damaged).
+KNOWN_VRS = frozenset(vr.value for vr in VR if " or " not in vr.value)
+#: Bytes per value of the binary value representations: a value of another length cannot be read.
+BINARY_VALUE_BYTES = {
+    "AT": 4, "FD": 8, "FL": 4, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2,
+    "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8,
+}  # fmt: skip
 
 
 def read_header(path: Path) -> Dataset:
@@ -86,6 +96,7 @@ def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None
     missing = [k for k in REQUIRED_IDENTIFIERS if k not in ds]
     if not missing:
         _check_not_truncated(ds, path)
+        _check_value_representations(ds, path)
         try:
             missing = [k for k in REQUIRED_IDENTIFIERS if not ds.get(k)]
         except PARSE_ERRORS as exc:
@@ -98,6 +109,8 @@ def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None
 
 
 def _read_forced(path: Path, stop_before_pixels: bool, defer_size: int | None) -> Dataset:
+    if os.path.getsize(path) == 0:
+        raise DicomReadError(f"{path.name}: empty file (0 bytes)")
     try:
         ds = pydicom.dcmread(path, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size)
         # Presence only: values are converted after the truncation check in _read.
@@ -107,6 +120,25 @@ def _read_forced(path: Path, stop_before_pixels: bool, defer_size: int | None) -
     if not identified:
         raise DicomReadError(f"{path.name}: not a DICOM file")
     return ds
+
+
+def integer_value(ds: Dataset, keyword: str, where: str, default: int | None = None) -> int:
+    """``ds.<keyword>`` as an int; a value that is not one (a wrong VR, say) is a read error.
+
+    Raises
+    ------
+    worker.errors.DicomReadError
+        The attribute is missing (and there is no ``default``) or not an integer.
+    """
+    try:
+        value = ds.get(keyword)  # converts the raw value: strict parsing may refuse it here
+        if value is None or value == "":
+            if default is None:
+                raise DicomReadError(f"{where}: {keyword} is missing")
+            return default
+        return int(value)
+    except (TypeError, ValueError):
+        raise DicomReadError(f"{where}: {keyword} is not an integer (a wrong value representation)") from None
 
 
 def expected_native_pixel_bytes(ds: Dataset) -> int | None:
@@ -137,6 +169,55 @@ def _check_not_truncated(ds: Dataset, path: Path) -> None:
                 f"{element.value_tell + element.length} declared)",
                 code=TRUNCATED,
             )
+
+
+def _check_value_representations(ds: Dataset, path: Path) -> None:
+    """Refuse an element whose VR is not DICOM's or whose length no value of its VR can have.
+
+    pydicom converts values only when they are first used, so such an element would otherwise
+    fail later, anywhere, with a library exception instead of the name of the damaged file.
+    """
+    try:
+        _check_elements(ds, path)
+    except (*PARSE_ERRORS, NotImplementedError) as exc:
+        raise DicomReadError(f"{path.name}: a sequence cannot be parsed ({type(exc).__name__})") from exc
+
+
+def _check_elements(ds: Dataset, path: Path) -> None:
+    for tag in tuple(ds.keys()):
+        element = ds.get_item(tag, keep_deferred=True)
+        if isinstance(element, RawDataElement):
+            if element.value is None and element.length:
+                continue  # a deferred (large) value: its length was checked against the file size
+            vr = element.VR or _dictionary_vr(tag)
+            _check_raw_element(element, vr, path)
+        else:
+            vr = element.VR
+        if vr == "SQ":
+            for item in ds[tag].value:
+                _check_elements(item, path)
+
+
+def _check_raw_element(element: RawDataElement, vr: str | None, path: Path) -> None:
+    if element.VR is not None and element.VR not in KNOWN_VRS:
+        raise DicomReadError(
+            f"{path.name}: element {element.tag} has the value representation {element.VR!r}, which "
+            "DICOM does not define (a damaged file)"
+        )
+    size = BINARY_VALUE_BYTES.get(vr or "")
+    if size and element.length != UNDEFINED_LENGTH and element.length % size:
+        raise DicomReadError(
+            f"{path.name}: element {element.tag} ({vr}) is {element.length} bytes long, not a whole "
+            f"number of {size}-byte values (a wrong value representation or a damaged file)"
+        )
+
+
+def _dictionary_vr(tag: BaseTag) -> str | None:
+    """The VR the standard gives a public tag (the first of ``US or SS``), None for others."""
+    try:
+        return dictionary_VR(tag).split(" or ")[0]
+    except KeyError:
+        return None
 
 
 def _check_native_pixel_length(ds: Dataset, path: Path) -> None:

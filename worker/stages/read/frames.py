@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from worker.errors import GeometryError
+from worker.stages.read.files import integer_value
 
 #: Largest tolerated deviation of a direction cosine vector from unit length / orthogonality.
 ORTHONORMAL_TOLERANCE = 1e-3
@@ -66,7 +67,7 @@ def frames_from_dataset(ds: Dataset, path: Path) -> list[Frame]:
     """
     if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
         return _enhanced_frames(ds, path)
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+    if integer_value(ds, "NumberOfFrames", path.name, default=1) > 1:
         raise GeometryError(
             f"{path.name}: multi-frame image without functional groups has no per-frame geometry"
         )
@@ -96,7 +97,7 @@ def _classic_stack_key(ds: Dataset) -> tuple[str, ...]:
 
 
 def _enhanced_frames(ds: Dataset, path: Path) -> list[Frame]:
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = integer_value(ds, "NumberOfFrames", path.name, default=1) or 1
     return [_enhanced_frame(ds, path, i) for i in range(count)]
 
 
@@ -175,11 +176,11 @@ def _make_frame(
         row_dir=row_dir,
         col_dir=col_dir,
         pixel_spacing=(float(pixel_spacing[0]), float(pixel_spacing[1])),
-        rows=int(ds.Rows),
-        cols=int(ds.Columns),
+        rows=integer_value(ds, "Rows", where),
+        cols=integer_value(ds, "Columns", where),
         slope=float(slope if slope not in (None, "") else 1.0),
         intercept=float(intercept if intercept not in (None, "") else 0.0),
-        instance_number=int(ds.get("InstanceNumber") or 0),
+        instance_number=integer_value(ds, "InstanceNumber", where, default=0),
         stack_key=stack_key,
         is_localizer="LOCALIZER" in image_type,
     )

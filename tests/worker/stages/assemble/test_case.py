@@ -164,3 +164,36 @@ def test_rtstruct_listing_absent_planning_slices_is_reported(tmp_path: Path) -> 
     assert data.dose.max_gy == pytest.approx(14.68, abs=0.01)
     assert data.prescription_gy == pytest.approx(14.0)
     assert data.planning_ct.image.GetSize() == (512, 512, 1)
+
+
+def _move_dose(folder: Path, dz: float) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(folder / "rtdose.dcm")
+    x, y, z = (float(v) for v in ds.ImagePositionPatient)
+    ds.ImagePositionPatient = [x, y, z + dz]
+    ds.save_as(folder / "rtdose.dcm")
+
+
+def test_a_dose_grid_wholly_outside_the_planning_ct_is_refused(tmp_path: Path) -> None:
+    # Planning CT z -10…4 (+/- 1 mm), dose z -10…2 (+/- 1.5 mm): 30 mm up, they no longer meet.
+    write_patient(tmp_path / "p")
+    _move_dose(tmp_path / "p", 30.0)
+    with pytest.raises(AssemblyError, match=r"RTDOSE grid \(x -22…8, y -18…6, z 18…34 mm\) lies wholly"):
+        assemble_cases(tmp_path / "p", tmp_path / "work")
+
+
+def test_a_dose_grid_that_overlaps_the_planning_ct_in_part_is_taken(tmp_path: Path) -> None:
+    write_patient(tmp_path / "p")
+    _move_dose(tmp_path / "p", 12.0)
+    assert len(assemble_cases(tmp_path / "p", tmp_path / "work").cases) == 1
+
+
+def test_an_empty_file_among_the_instances_is_refused(tmp_path: Path) -> None:
+    # Ignoring it as "not DICOM" would leave a hole in a series that resampling then fills.
+    write_patient(tmp_path / "p")
+    victim = sorted((tmp_path / "p" / "followup0").glob("*.dcm"))[2]
+    victim.write_bytes(b"")
+    with pytest.raises(DicomReadError, match=f"{victim.name}: empty file \\(0 bytes\\)") as caught:
+        assemble_cases(tmp_path / "p", tmp_path / "work")
+    assert caught.value.code == "truncated-file"

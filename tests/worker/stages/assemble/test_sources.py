@@ -95,3 +95,22 @@ def test_hidden_files_and_dicomdir_are_skipped(tmp_path: Path) -> None:
     for name in ("DICOMDIR", ".DS_Store", "img.dcm"):
         (tmp_path / "in" / name).write_bytes(b"data")
     assert [p.name for p in collect_files(tmp_path / "in", tmp_path / "work")] == ["img.dcm"]
+
+
+def test_an_archive_inside_the_archive_is_refused(tmp_path: Path) -> None:
+    inner = _zip_folder(write_patient(tmp_path / "p").root, tmp_path / "inner.zip")
+    archive = tmp_path / "outer.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", b"study inside")
+        zf.write(inner, "export/study.zip")
+    with pytest.raises(InputError, match="entry 2 is itself a zip archive"):
+        extract_zip(archive, tmp_path / "out")
+
+
+def test_names_flagged_utf8_that_are_not_are_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "names.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok-\u00e9.dcm", b"x")  # non-ASCII: written with the UTF-8 flag
+    archive.write_bytes(archive.read_bytes().replace("\u00e9".encode(), b"\xff\xfe"))
+    with pytest.raises(InputError, match="not valid UTF-8"):
+        extract_zip(archive, tmp_path / "out")

@@ -175,3 +175,15 @@ def test_unsupported_summation_types_are_refused(tmp_path: Path, summation: str)
 def test_no_dose_is_refused() -> None:
     with pytest.raises(DoseError, match="no RTDOSE in the case"):
         total_dose([])
+
+
+def test_a_dose_of_zero_everywhere_is_refused_where_it_is_read(tmp_path: Path) -> None:
+    # Said by the read stage, not later as "no high-dose region on the follow-up".
+    beams = [
+        _grid(
+            tmp_path, f"b{n}", summation_type="BEAM", plan_uid=PLAN, beam_numbers=[n], field_gy=_beam_field(0)
+        )
+        for n in (1, 2)
+    ]
+    with pytest.raises(DoseError, match=r"0 Gy everywhere on its grid \(2 RTDOSE object\(s\)\)"):
+        total_dose(beams)

@@ -120,3 +120,46 @@ def test_compressed_files_have_no_expected_native_length(ct_file: Path) -> None:
     assert expected_native_pixel_bytes(ds) == 640
     ds.compress(pydicom.uid.RLELossless)
     assert expected_native_pixel_bytes(ds) is None
+
+
+def _relabel(path: Path, tag: tuple[int, int], vr: bytes, lie: bytes) -> None:
+    import struct
+
+    data = bytearray(path.read_bytes())
+    at = data.index(struct.pack("<HH", *tag) + vr)
+    data[at + 4 : at + 6] = lie
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "lie", "words"),
+    [
+        ((0x0008, 0x103E), b"LO", b"ZZ", "element (0008,103E) has the value representation 'ZZ'"),
+        ((0x0028, 0x0100), b"US", b"UL", "element (0028,0100) (UL) is 2 bytes long"),
+    ],
+    ids=["unknown-vr", "binary-length"],
+)
+def test_a_lying_vr_is_a_read_error_naming_the_element(
+    ct_file: Path, tag: tuple[int, int], vr: bytes, lie: bytes, words: str
+) -> None:
+    # pydicom converts a value only when it is used, so without the check these failed later,
+    # anywhere, as NotImplementedError or BytesLengthException.
+    _relabel(ct_file, tag, vr, lie)
+    with pytest.raises(DicomReadError) as caught:
+        read_header(ct_file)
+    assert words in caught.value.message and caught.value.code == "unreadable-dicom"
+
+
+def test_a_lying_vr_inside_a_sequence_is_found(tmp_path: Path) -> None:
+    path = write_rtdose(DoseSpec(plan_uid="1.2.3.4"), tmp_path / "dose.dcm")
+    _relabel(path, (0x0008, 0x1155), b"UI", b"QQ")  # in ReferencedRTPlanSequence
+    with pytest.raises(DicomReadError, match=r"\(0008,1155\) has the value representation 'QQ'"):
+        read_header(path)
+
+
+def test_an_integer_attribute_that_is_no_integer_is_a_read_error(ct_file: Path) -> None:
+    from worker.stages.read.files import integer_value
+
+    _relabel(ct_file, (0x0028, 0x0010), b"US", b"DS")  # Rows: two binary bytes read as text
+    with pytest.raises(DicomReadError, match=r"ct\.dcm: Rows is not an integer"):
+        integer_value(read_header(ct_file), "Rows", "ct.dcm")
