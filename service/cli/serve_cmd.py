@@ -9,6 +9,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from service.cli.output import say
+from worker.logs import PHI_FILTER_CONFIG, install_phi_filter
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,9 @@ def run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     logging.config.dictConfig(logging_config("DEBUG" if args.debug else "INFO"))
+    install_phi_filter()  # warnings too, and any handler a library added
     app = create_app(settings)
-    worker = _start_worker(settings) if settings.embedded else None
+    worker = _start_worker(settings, worker_loglevel(args)) if settings.embedded else None
     say(f"rtinjury API on http://{args.host}:{args.port} (OpenAPI at /docs); storage {settings.storage_root}")
     if worker is not None:
         say(f"worker: embedded (pid {worker.pid}), queue under the storage root")
@@ -51,10 +53,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
+def _start_worker(settings: Any, loglevel: str) -> subprocess.Popen[bytes]:
     from worker.celery.embedded import start_embedded_worker
 
-    return start_embedded_worker(settings)
+    return start_embedded_worker(settings, loglevel=loglevel)
+
+
+def worker_loglevel(args: argparse.Namespace) -> str:
+    """The embedded worker logs as much as the command line asked for (warnings by default)."""
+    if args.debug:
+        return "DEBUG"
+    return "INFO" if args.verbose else "WARNING"
 
 
 def _redacted(url: str) -> str:
@@ -66,17 +75,20 @@ def _redacted(url: str) -> str:
 
 
 def logging_config(level: str) -> dict[str, Any]:
-    """Log lines on stderr carrying the request id (``-`` outside a request)."""
+    """Log lines on stderr carrying the request id (``-`` outside a request), PHI scrubbed."""
     handler = {
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
         "formatter": "plain",
-        "filters": ["request_id"],
+        "filters": ["request_id", "phi"],
     }
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.api.middleware.RequestIdLogFilter"}},
+        "filters": {
+            "request_id": {"()": "service.api.middleware.RequestIdLogFilter"},
+            "phi": PHI_FILTER_CONFIG,
+        },
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
         },
