@@ -59,11 +59,17 @@ IDENTIFYING_KEYWORDS = (
 #: Shorter values ("1", "CT", "M") would redact half of every log line; they cannot be scrubbed
 #: safely, which is why the code must not log identifiers at all.
 MIN_IDENTIFIER_LENGTH = 4
-#: Values remembered per process, the oldest forgotten first: about 50 patients, the ones a
-#: process is working on (a node sees many). More would make each new patient's recompilation of
-#: the pattern slower (~15 ms at 512 values, ~50 ms at 2048).
+#: Values remembered per process, the least recently met forgotten first: about 50 patients, the
+#: ones a process is working on (a node sees many). More would make the pattern's recompilation,
+#: once per new patient, slower (~15 ms at 512 values, ~50 ms at 2048).
 MAX_IDENTIFIERS = 512
 
+#: Libraries that log UIDs, datasets or PDUs below WARNING (highdicom: every attribute it copies;
+#: pynetdicom: DIMSE messages and, at DEBUG, whole PDUs): the filter drops those records. Done
+#: at the handler rather than by logger levels: a process that calls our entry point (a test)
+#: keeps its own levels.
+IDENTIFYING_LIBRARIES = ("highdicom", "pynetdicom")
+_LIBRARY_PREFIXES = tuple(f"{name}." for name in IDENTIFYING_LIBRARIES)
 #: ``Family^Given[^Middle^Prefix^Suffix]``: the caret is what makes it a DICOM person name.
 _PERSON_NAME = re.compile(r"(?<![\w^])[^\W\d_][\w'.-]*\^[\w'.^-]*")
 #: A UID: a root arc 0-2 and at least two more numeric components, not inside a longer token.
@@ -77,7 +83,7 @@ class _Identifiers:
     """The identifying values met in this process, and one regular expression matching them."""
 
     def __init__(self) -> None:
-        self._values: dict[str, None] = {}  # insertion-ordered set: the oldest go first
+        self._values: dict[str, None] = {}  # an ordered set: the least recently met go first
         self._lock = threading.Lock()
         self._pattern: re.Pattern[str] | None = None
         self._stale = False
@@ -86,9 +92,10 @@ class _Identifiers:
         with self._lock:
             for value in values:
                 if value in self._values:
-                    continue
+                    del self._values[value]  # met again: the newest now, the pattern unchanged
+                else:
+                    self._stale = True
                 self._values[value] = None
-                self._stale = True
             while len(self._values) > MAX_IDENTIFIERS:
                 del self._values[next(iter(self._values))]
 
@@ -124,7 +131,10 @@ def register_identifiers(dataset: Dataset) -> None:
     """
     spellings: list[str] = []
     for keyword in IDENTIFYING_KEYWORDS:
-        value = dataset.get(keyword)
+        try:
+            value = dataset.get(keyword)
+        except Exception:  # a value pydicom cannot convert (strict mode): the reader's business
+            continue
         # A multi-valued attribute (pydicom's MultiValue) is a sequence; a PersonName is not.
         items = list(value) if isinstance(value, Sequence) and not isinstance(value, str | bytes) else [value]
         for item in items:
@@ -183,13 +193,16 @@ def uid_token(uid: str) -> str:
 
 
 class PhiFilter(logging.Filter):
-    """Rewrites a record's message, exception and stack text with :func:`scrub`; drops nothing.
+    """Rewrites a record's message, exception and stack text with :func:`scrub`; drops only the
+    records of the ``IDENTIFYING_LIBRARIES`` below WARNING.
 
     The record is changed in place (every handler sees the scrubbed text); its ``args`` are
     emptied only when the message changed, so formatters that read them still work otherwise.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING and _from_identifying_library(record.name):
+            return False
         try:
             message = record.getMessage()
         except Exception:
@@ -209,27 +222,23 @@ class PhiFilter(logging.Filter):
         return True
 
 
+def _from_identifying_library(name: str) -> bool:
+    return name in IDENTIFYING_LIBRARIES or name.startswith(_LIBRARY_PREFIXES)
+
+
 _EXCEPTION_FORMATTER = logging.Formatter()
 _FILTER = PhiFilter()
-#: Libraries that log UIDs, datasets or PDUs below WARNING (highdicom: every attribute it copies;
-#: pynetdicom: DIMSE messages and, at DEBUG, whole PDUs): held at WARNING in our processes.
-IDENTIFYING_LIBRARIES = ("highdicom", "pynetdicom")
 #: The filter for ``logging.config.dictConfig``: ``"filters": {"phi": PHI_FILTER_CONFIG}``.
 PHI_FILTER_CONFIG: dict[str, Any] = {"()": "worker.logs.PhiFilter"}
 
 
 def install_phi_filter(*loggers: logging.Logger) -> None:
     """Put the filter on every handler of the root logger, of ``loggers``, and of any other logger
-    that has handlers of its own; route ``warnings`` through logging so they are scrubbed too;
-    hold the ``IDENTIFYING_LIBRARIES`` at WARNING (their lines would be scrubbed, but are noise).
+    that has handlers of its own; route ``warnings`` through logging so they are scrubbed too.
 
     Call it after the process has set its logging up; calling it again adds nothing twice.
     """
     logging.captureWarnings(True)
-    for name in IDENTIFYING_LIBRARIES:
-        library = logging.getLogger(name)
-        if library.getEffectiveLevel() < logging.WARNING:
-            library.setLevel(logging.WARNING)
     candidates = [logging.getLogger(), *loggers]
     candidates += [
         logger for logger in logging.Logger.manager.loggerDict.values() if isinstance(logger, logging.Logger)

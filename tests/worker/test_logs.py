@@ -10,7 +10,9 @@ from collections.abc import Iterator
 
 import pytest
 from celery import signals
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from worker.logs import (
     MAX_IDENTIFIERS,
@@ -151,10 +153,38 @@ def test_an_unformattable_record_does_not_print_its_arguments(
     assert PATIENT_ID not in stream.getvalue() + capsys.readouterr().err
 
 
-def test_the_oldest_identifiers_are_forgotten_first() -> None:
-    register_values(f"VALUE-{number:05d}" for number in range(MAX_IDENTIFIERS + 10))
-    assert scrub("VALUE-00000") == "VALUE-00000"
-    assert scrub(f"VALUE-{MAX_IDENTIFIERS + 9:05d}") == REDACTED
+def test_records_of_libraries_that_log_identifiers_are_kept_from_warning_up(logger) -> None:
+    log, stream = logger
+    handler = log.handlers[0]
+    for name, level in [
+        ("highdicom.base", logging.INFO),
+        ("pynetdicom", logging.DEBUG),
+        ("pynetdicom", logging.WARNING),
+    ]:
+        record = logging.LogRecord(name, level, __file__, 1, "copy attributes of %s", (STUDY_UID,), None)
+        handler.handle(record)
+    assert stream.getvalue() == f"WARNING copy attributes of {uid_token(STUDY_UID)}\n"
+
+
+def test_the_least_recently_met_identifiers_are_forgotten_first() -> None:
+    register_values(f"VALUE-{number:05d}" for number in range(MAX_IDENTIFIERS))
+    register_values(["VALUE-00000"])  # met again: now the most recent
+    register_values(f"NEWER-{number:05d}" for number in range(10))
+    forgotten, kept = "VALUE-00001 VALUE-00010", "VALUE-00000 VALUE-00011 NEWER-00009"
+    assert scrub(forgotten) == forgotten
+    assert scrub(kept) == " ".join([REDACTED] * 3)
+
+
+def test_a_value_that_cannot_be_converted_is_skipped_not_raised() -> None:
+    ds = Dataset()
+    ds.PatientID = PATIENT_ID
+    # As read from a file: converted (and refused, in strict mode) only when accessed.
+    value = b"S" * 40  # StudyID is SH: at most 16 characters
+    ds[Tag("StudyID")] = RawDataElement(Tag("StudyID"), "SH", len(value), value, 0, False, True)
+    with pytest.raises(ValueError, match="maximum length"):
+        _ = ds.StudyID
+    register_identifiers(ds)
+    assert scrub(PATIENT_ID) == REDACTED
 
 
 @pytest.fixture
