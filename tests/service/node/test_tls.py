@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -137,13 +138,24 @@ def test_wrong_tls_settings_name_the_setting(
         }
         | {"node_tls_require_client_cert": bool(files.get("mutual"))}
     )
-    with pytest.raises(TlsConfigError, match=message.replace("(", r"\(")):
+    with pytest.raises(TlsConfigError, match=re.escape(message)):
         build_ssl_context(settings)
     node = NodeServer(settings, node_database)
     with pytest.raises(TlsConfigError):
         node.start()  # refused before it listens: nothing to stop
     with pytest.raises(RuntimeError, match="not started"):
         _ = node.address
+
+
+def test_an_encrypted_key_is_refused_instead_of_prompting_for_its_password(
+    node_settings: Settings, pki: Pki, tmp_path: Path
+) -> None:
+    encrypted = tmp_path / "encrypted.key"
+    command = ["openssl", "pkey", "-in", str(pki.server.key), "-aes128", "-passout", "pass:secret"]
+    subprocess.run([*command, "-out", str(encrypted)], check=True, capture_output=True, timeout=60)
+    settings = node_settings.model_copy(update={"node_tls_cert": pki.server.cert, "node_tls_key": encrypted})
+    with pytest.raises(TlsConfigError, match=r"RTINJURY_NODE_TLS_KEY: .* is an encrypted private key"):
+        build_ssl_context(settings)
 
 
 @pytest.mark.slow
