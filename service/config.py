@@ -68,6 +68,15 @@ class Settings(WorkerSettings):
     node_max_pending_instances: int = Field(default=20_000, ge=1)
     #: Routing rules and result destinations (YAML); unset means the packaged defaults.
     node_routes: Path | None = None
+    #: DICOM TLS, off unless set: the node's certificate (PEM; intermediates after it) and key.
+    node_tls_cert: Path | None = None
+    #: The private key of ``node_tls_cert`` (PEM, unencrypted; readable by the service only).
+    node_tls_key: Path | None = None
+    #: CA certificates (PEM) that sign the peers' client certificates; a certificate a peer
+    #: presents must chain to one of them.
+    node_tls_ca: Path | None = None
+    #: Mutual TLS: a peer without a certificate signed by ``node_tls_ca`` is refused.
+    node_tls_require_client_cert: bool = False
 
     @field_validator("api_key_hashes")
     @classmethod

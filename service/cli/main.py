@@ -28,6 +28,7 @@ from service.cli import (
     worker_cmd,
 )
 from worker.errors import InputError
+from worker.logs import install_phi_filter
 
 EXIT_INPUT_ERROR = 2
 EXIT_INTERNAL_ERROR = 70
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # No patient names, ids or raw UIDs in any line this process logs (worker.logs).
+    install_phi_filter()
     try:
         return int(args.handler(args))
     except (InputError, ModelError) as exc:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging.config
 import subprocess
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 from service.cli.output import say
+from worker.logs import PHI_FILTER_CONFIG, install_phi_filter
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +22,16 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    # HTTPS without a reverse proxy (docs/security.md): both, or neither.
+    parser.add_argument(
+        "--ssl-certfile", type=Path, default=None, help="serve HTTPS with this certificate (PEM)"
+    )
+    parser.add_argument("--ssl-keyfile", type=Path, default=None, help="the certificate's private key (PEM)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    scheme = "https" if _check_https_files(args) else "http"  # before the slow imports
     import uvicorn
 
     from service.api.auth import accepted_keys
@@ -32,9 +40,11 @@ def run(args: argparse.Namespace) -> int:
 
     settings = get_settings()
     logging.config.dictConfig(logging_config("DEBUG" if args.debug else "INFO"))
+    install_phi_filter()  # warnings too, and any handler a library added
     app = create_app(settings)
-    worker = _start_worker(settings) if settings.embedded else None
-    say(f"rtinjury API on http://{args.host}:{args.port} (OpenAPI at /docs); storage {settings.storage_root}")
+    worker = _start_worker(settings, worker_loglevel(args)) if settings.embedded else None
+    address = f"{scheme}://{args.host}:{args.port}"
+    say(f"rtinjury API on {address} (OpenAPI at /docs); storage {settings.storage_root}")
     if worker is not None:
         say(f"worker: embedded (pid {worker.pid}), queue under the storage root")
     else:
@@ -42,7 +52,15 @@ def run(args: argparse.Namespace) -> int:
     if not accepted_keys(settings):
         say("warning: no API key configured, every /v1 route answers 401; see `rtinjury keys new`")
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_config=None, proxy_headers=False)
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_config=None,
+            proxy_headers=False,
+            ssl_certfile=args.ssl_certfile,
+            ssl_keyfile=args.ssl_keyfile,
+        )
     finally:
         if worker is not None:
             from worker.celery.embedded import stop_embedded_worker
@@ -51,10 +69,32 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _start_worker(settings: Any) -> subprocess.Popen[bytes]:
+def _check_https_files(args: argparse.Namespace) -> bool:
+    """True for HTTPS; refuses half a configuration or unusable files (uvicorn would raise later,
+    with a traceback), naming the option."""
+    from worker.errors import InputError
+    from worker.tls import NamedFile, server_context
+
+    if args.ssl_certfile is None and args.ssl_keyfile is None:
+        return False
+    if args.ssl_certfile is None or args.ssl_keyfile is None:
+        raise InputError("--ssl-certfile and --ssl-keyfile go together")
+    cert, key = NamedFile("--ssl-certfile", args.ssl_certfile), NamedFile("--ssl-keyfile", args.ssl_keyfile)
+    server_context(cert, key, None, require_client_cert=False)
+    return True
+
+
+def _start_worker(settings: Any, loglevel: str) -> subprocess.Popen[bytes]:
     from worker.celery.embedded import start_embedded_worker
 
-    return start_embedded_worker(settings)
+    return start_embedded_worker(settings, loglevel=loglevel)
+
+
+def worker_loglevel(args: argparse.Namespace) -> str:
+    """The embedded worker logs as much as the command line asked for (warnings by default)."""
+    if args.debug:
+        return "DEBUG"
+    return "INFO" if args.verbose else "WARNING"
 
 
 def _redacted(url: str) -> str:
@@ -66,17 +106,20 @@ def _redacted(url: str) -> str:
 
 
 def logging_config(level: str) -> dict[str, Any]:
-    """Log lines on stderr carrying the request id (``-`` outside a request)."""
+    """Log lines on stderr carrying the request id (``-`` outside a request), PHI scrubbed."""
     handler = {
         "class": "logging.StreamHandler",
         "stream": "ext://sys.stderr",
         "formatter": "plain",
-        "filters": ["request_id"],
+        "filters": ["request_id", "phi"],
     }
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.api.middleware.RequestIdLogFilter"}},
+        "filters": {
+            "request_id": {"()": "service.api.middleware.RequestIdLogFilter"},
+            "phi": PHI_FILTER_CONFIG,
+        },
         "formatters": {
             "plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"},
         },

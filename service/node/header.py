@@ -18,6 +18,7 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
+from worker.logs import register_values
 from worker.stages.assemble.case import patient_alias
 
 __all__ = [
@@ -110,6 +111,7 @@ def read_header(fp: BinaryIO, transfer_syntax: UID) -> InstanceHeader:
     except Exception as error:
         # pydicom's messages may quote values: keep only the kind of failure.
         raise HeaderError(f"header unreadable ({type(error).__name__})") from None
+    register_values([values["PatientID"]])  # kept out of this process's logs (worker.logs)
     return InstanceHeader(
         patient_id=values["PatientID"],
         study_uid=values["StudyInstanceUID"],

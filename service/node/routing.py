@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from worker.errors import InputError
-from worker.jobs.spec import ClinicalFields, Destination, JobOptions, JobSpec, Task
+from worker.jobs.spec import ClinicalFields, Destination, DestinationTLS, JobOptions, JobSpec, Task
 from worker.stages.assemble.case import Case
 from worker.stages.prompts import DEFAULT_TAU
 
@@ -29,6 +29,7 @@ class DestinationConfig(_Strict):
     ae_title: str = Field(min_length=1, max_length=16)
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
+    tls: DestinationTLS | None = None
 
 
 class RouteMatch(_Strict):

@@ -12,6 +12,9 @@ What pynetdicom is told, and why:
   system filing an instance is a rename.
 - Its standard event logging is off (it logs DIMSE messages with UIDs and, at debug level,
   whole PDUs): nothing patient-related reaches a log from here.
+- TLS (optional, ``node_tls_*``): an ``ssl_context``, whose handshakes happen in each
+  connection's own thread (``handle_tls_handshake``), not in pynetdicom's accept loop where a
+  peer that connects and says nothing would hold up every other caller.
 - Timeouts: an association silent for ``node_network_timeout_s`` is aborted by pynetdicom and
   recorded as aborted (its instances set aside). pynetdicom leaves the accepted sockets
   blocking: a peer that stops inside a PDU (or sends a few bytes of anything) would hold its
@@ -32,6 +35,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import socket
+import ssl
 import tempfile
 import threading
 import traceback
@@ -50,6 +54,7 @@ from service.config import NodePeer, Settings
 from service.db.engine import Database
 from service.node.contexts import add_supported_contexts
 from service.node.inbox import Inbox, StoreStatus
+from worker.tls import NamedFile, TlsConfigError, handshake_failure, server_context
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,7 @@ class NodeServer:
         """Start listening (non-blocking: pynetdicom serves in its own threads)."""
         if self._server is not None:
             raise RuntimeError("the node is already started")
+        ssl_context = build_ssl_context(self.settings)  # bad TLS files: refused before anything runs
         _quiet_pynetdicom()
         _config.STORE_RECV_CHUNKED_DATASET = True
         self.inbox.recover()
@@ -101,12 +107,16 @@ class NodeServer:
         _route_temporary_files(ae, self.inbox.incoming_dir)
         self._stopping.clear()
         self._server = ae.start_server(
-            (self.settings.node_host, self.settings.node_port), block=False, evt_handlers=self._handlers()
+            (self.settings.node_host, self.settings.node_port),
+            block=False,
+            evt_handlers=self._handlers(),
+            ssl_context=ssl_context,
         )
         self._reaper = threading.Thread(target=self._reap_ended, name="node-reaper", daemon=True)
         self._reaper.start()
         host, port = self.address
-        log.info("DICOM node %s listening on %s:%d", self.settings.node_ae_title, host, port)
+        tls = "TLS" if ssl_context is not None else "no TLS"
+        log.info("DICOM node %s listening on %s:%d (%s)", self.settings.node_ae_title, host, port, tls)
 
     def stop(self) -> None:
         """Stop listening; open associations are aborted (their instances set aside)."""
@@ -142,6 +152,7 @@ class NodeServer:
     def _handlers(self) -> list[EventHandlerType]:
         return [
             (evt.EVT_CONN_OPEN, handle_connection_open),
+            (evt.EVT_CONN_OPEN, handle_tls_handshake, [self.settings.node_network_timeout_s]),
             (evt.EVT_REQUESTED, self.handle_requested),
             (evt.EVT_ACCEPTED, self.handle_accepted),
             (evt.EVT_C_ECHO, handle_echo),
@@ -269,6 +280,30 @@ def _limit_pdu_reads(connection: Any, maximum_pdu: int) -> None:
     connection.recv = bounded_recv
 
 
+def handle_tls_handshake(event: Event, timeout_s: float) -> None:
+    """Complete the TLS handshake of a new connection, in its own thread (see ``build_ssl_context``).
+
+    A peer that fails it (it does not speak TLS, its certificate is not trusted, it says nothing
+    for ``timeout_s``) is logged and disconnected; other callers never wait for it.
+    """
+    connection = event.assoc.dul.socket
+    tls_socket = connection.socket if connection is not None else None
+    if connection is None or not isinstance(tls_socket, ssl.SSLSocket):
+        return
+    timeout = tls_socket.gettimeout()
+    try:
+        tls_socket.settimeout(timeout_s)
+        tls_socket.do_handshake()
+        tls_socket.settimeout(timeout)
+    except (OSError, ValueError) as error:  # ssl.SSLError, a timeout, a reset connection
+        peer = event.assoc.requestor.address
+        log.warning("TLS handshake with %s failed: %s; connection closed", peer, handshake_failure(error))
+        connection.close()
+        # No A-ASSOCIATE-RQ can come now: end the association at once instead of waiting for one
+        # (it counts against node_max_associations while it waits).
+        event.assoc.acse_timeout = 0
+
+
 def handle_echo(_event: Event) -> int:
     """C-ECHO: the node is up."""
     return 0x0000
@@ -288,6 +323,36 @@ def build_ae(settings: Settings) -> AE:
     ae.acse_timeout = settings.node_network_timeout_s
     ae.dimse_timeout = settings.node_network_timeout_s
     return ae
+
+
+def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The node's TLS context (TLS 1.2 or later), or None when ``node_tls_cert`` is not set.
+
+    Raises
+    ------
+    worker.tls.TlsConfigError
+        A TLS setting is incomplete, or names a file that is missing or does not hold what it
+        should (the message names the setting).
+    """
+    cert, key, ca = settings.node_tls_cert, settings.node_tls_key, settings.node_tls_ca
+    if cert is None:
+        if key is not None or ca is not None or settings.node_tls_require_client_cert:
+            raise TlsConfigError(
+                "TLS is off unless RTINJURY_NODE_TLS_CERT is set; set it or unset the other NODE_TLS settings"
+            )
+        return None
+    if key is None:
+        raise TlsConfigError("RTINJURY_NODE_TLS_KEY is required with RTINJURY_NODE_TLS_CERT")
+    if settings.node_tls_require_client_cert and ca is None:
+        raise TlsConfigError(
+            "RTINJURY_NODE_TLS_REQUIRE_CLIENT_CERT needs RTINJURY_NODE_TLS_CA (the peers' CA)"
+        )
+    return server_context(
+        NamedFile("RTINJURY_NODE_TLS_CERT", cert),
+        NamedFile("RTINJURY_NODE_TLS_KEY", key),
+        NamedFile("RTINJURY_NODE_TLS_CA", ca) if ca is not None else None,
+        require_client_cert=settings.node_tls_require_client_cert,
+    )
 
 
 def _resolve_peers(peers: list[NodePeer]) -> frozenset[tuple[str, str]]:

@@ -8,11 +8,13 @@ same (one message per stage, same task names, same payloads).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 
+from worker.logs import install_phi_filter
 from worker.settings import WorkerSettings
 
 CPU_QUEUE = "cpu"
@@ -55,9 +57,19 @@ class CeleryConfig:
         self.task_publish_retry_policy = PUBLISH_RETRY_POLICY
         self.redis_socket_connect_timeout = 2
         self.result_backend_transport_options = {"retry_policy": PUBLISH_RETRY_POLICY}
+        # Celery keeps the handlers an entry point set up and adds its own where there are none;
+        # either way the PHI filter goes on every one of them (``_scrub_worker_logs``).
         self.worker_hijack_root_logger = False
         self.worker_send_task_events = True
         self.timezone = "UTC"
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _scrub_worker_logs(logger: logging.Logger | None = None, **_kwargs: Any) -> None:
+    """Celery has configured a logger (root, then the task logger): put the PHI filter on its
+    handlers and on every other handler there is (the multiprocessing logger's among them)."""
+    install_phi_filter(*([logger] if logger is not None else []))
 
 
 def create_celery_app(settings: WorkerSettings) -> Celery:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.files import write_atomically
 from worker.errors import StageError
@@ -46,6 +46,21 @@ class JobOptions(_Strict):
     deformable: bool | None = None
 
 
+class DestinationTLS(_Strict):
+    """DICOM TLS to a destination: the CA its certificate must chain to (its name or address must
+    be the destination's ``host``), and our certificate and key when it asks for one."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _certificate_with_its_key(self) -> DestinationTLS:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (our client certificate and its key)")
+        return self
+
+
 class Destination(_Strict):
     """A DICOM peer that receives the job's SEG, RTSTRUCT and SR (C-STORE)."""
 
@@ -53,6 +68,8 @@ class Destination(_Strict):
     ae_title: str = Field(min_length=1, max_length=16)
     host: str = Field(min_length=1, max_length=253)
     port: int = Field(ge=1, le=65535)
+    #: None: plain DICOM (no TLS).
+    tls: DestinationTLS | None = None
 
 
 class JobSpec(_Strict):

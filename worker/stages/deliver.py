@@ -4,7 +4,8 @@ Each destination gets one association per attempt with a presentation context pe
 the files, proposing the file's own transfer syntax first, then Explicit and Implicit VR Little
 Endian (the usual PACS minimum). An attempt sends only what is not stored yet; attempts are
 spaced by exponential back-off. Nothing here raises for a peer's failure: the result says what
-was stored and why the rest was not.
+was stored and why the rest was not. A destination with ``tls`` is reached over DICOM TLS
+(``worker.tls``): its certificate must chain to the given CA and name its host.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE
 
 from worker.jobs.spec import Destination
+from worker.tls import ClientContext, NamedFile, TlsConfigError, client_context, handshake_failure
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +63,13 @@ def send_files(
     contexts = _contexts(files)
     remaining = list(files)
     result = SendResult()
+    try:
+        tls = _tls_context(destination)
+    except TlsConfigError as error:  # no attempt can succeed: say which file, once
+        return SendResult(failed=len(files), error=f"TLS to {destination.ae_title}: {error.message}")
     for attempt in range(1, options.attempts + 1):
         result.attempts = attempt
-        remaining, result.error = _attempt(remaining, contexts, destination, options, result)
+        remaining, result.error = _attempt(remaining, contexts, destination, options, result, tls)
         if not remaining:
             result.error = None
             break
@@ -86,23 +92,45 @@ def _contexts(files: Sequence[Path]) -> dict[str, list[str]]:
     return contexts
 
 
+def _tls_context(destination: Destination) -> ClientContext | None:
+    """The destination's TLS context (None for plain DICOM); its files are checked here."""
+    tls = destination.tls
+    if tls is None:
+        return None
+    identity = None
+    if tls.cert_file is not None and tls.key_file is not None:
+        identity = (NamedFile("tls.cert_file", tls.cert_file), NamedFile("tls.key_file", tls.key_file))
+    return client_context(NamedFile("tls.ca_file", tls.ca_file), identity)
+
+
 def _attempt(
     files: list[Path],
     contexts: dict[str, list[str]],
     destination: Destination,
     options: SendOptions,
     result: SendResult,
+    tls: ClientContext | None,
 ) -> tuple[list[Path], str | None]:
     """One association: the files not stored by it, and why (None when all were)."""
     ae = AE(ae_title=options.calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = options.timeout_s
     for sop_class, syntaxes in contexts.items():
         ae.add_requested_context(sop_class, syntaxes)
-    association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+    if tls is not None:
+        tls.handshake_error = None
+    association = ae.associate(
+        destination.host,
+        destination.port,
+        ae_title=destination.ae_title,
+        # The certificate must name the host we connect to (check_hostname).
+        tls_args=(tls, destination.host) if tls is not None else None,
+    )
     if not association.is_established:
-        reason = "rejected" if association.is_rejected else "could not be opened"
+        reason = "was rejected" if association.is_rejected else "could not be opened"
+        if tls is not None and tls.handshake_error is not None:
+            reason += f": {handshake_failure(tls.handshake_error)}"
         logger.warning("send to %s: association %s", destination.name, reason)
-        return files, f"the association with {destination.ae_title} was {reason}"
+        return files, f"the association with {destination.ae_title} {reason}"
     not_stored: list[Path] = []
     try:
         for path in files:

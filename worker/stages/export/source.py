@@ -18,6 +18,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from worker.errors import DicomReadError, GeometryError
+from worker.logs import register_identifiers
 from worker.stages.read.frames import Frame
 from worker.stages.read.series import ImageVolume
 
@@ -58,9 +59,13 @@ def source_series(volume: ImageVolume) -> SourceSeries:
 
 def _header(frame: Frame) -> Dataset:
     try:
-        return pydicom.dcmread(frame.path, stop_before_pixels=True)
+        dataset = pydicom.dcmread(frame.path, stop_before_pixels=True)
     except (OSError, pydicom.errors.InvalidDicomError) as exc:
         raise DicomReadError(f"{frame.path.name}: the follow-up file cannot be read again ({exc})") from exc
+    # This stage may run in a worker that read no header before (export queue): the filter
+    # must know the patient's identifiers here too.
+    register_identifiers(dataset)
+    return dataset
 
 
 def mask_on_frames(mask: sitk.Image, frames: Sequence[Frame]) -> np.ndarray:

@@ -20,6 +20,7 @@ from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
 from worker.errors import DicomReadError
+from worker.logs import register_identifiers
 
 #: Attributes every composite instance must carry for us to place it in a study.
 REQUIRED_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID")
@@ -105,6 +106,9 @@ def _read(path: Path, *, stop_before_pixels: bool, defer_size: int | None = None
             ) from exc
     if missing:
         raise DicomReadError(f"{path.name}: not a DICOM composite instance (missing {', '.join(missing)})")
+    # Every header this process reads passes here: its patient's names and ids are kept out of
+    # every later log line (worker.logs).
+    register_identifiers(ds)
     return ds
 
 
