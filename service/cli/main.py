@@ -11,6 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from pydantic import ValidationError
+
 from models.errors import ModelError
 from service.cli import (
     audit_cmd,
@@ -77,15 +79,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InputError, ModelError) as exc:
         _fail(f"error: {exc.message}")
         return EXIT_INPUT_ERROR
+    except ValidationError as exc:
+        if not exc.title.endswith("Settings"):  # not the environment's: one of ours
+            return _internal_error(exc, args.debug)
+        _fail(f"error: invalid setting: {settings_problems(exc)}")
+        return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         _fail("interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:
-        if args.debug:
-            raise
-        log.debug("internal error", exc_info=True)
-        _fail(f"internal error ({type(exc).__name__}); run with --debug for details")
-        return EXIT_INTERNAL_ERROR
+        return _internal_error(exc, args.debug)
+
+
+def _internal_error(exc: Exception, debug: bool) -> int:
+    if debug:
+        raise exc
+    log.debug("internal error", exc_info=True)
+    _fail(f"internal error ({type(exc).__name__}); run with --debug for details")
+    return EXIT_INTERNAL_ERROR
+
+
+def settings_problems(error: ValidationError) -> str:
+    """Each bad setting by its environment name and pydantic's reason; never its value (a database
+    URL or a key hash can be a secret)."""
+    problems = []
+    for item in error.errors():
+        name = "_".join(str(part) for part in item["loc"] if not isinstance(part, int))
+        where = f"RTINJURY_{name.upper()}" if name else "the settings"
+        problems.append(f"{where}: {item['msg']}")
+    return "; ".join(problems)
 
 
 def _fail(message: str) -> None:

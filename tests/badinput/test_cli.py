@@ -222,3 +222,21 @@ def test_a_real_inspect_process_shows_one_line_and_no_traceback(case: Path) -> N
     inputs.binary_vr_of_the_wrong_size(case)
     done = rtinjury("inspect", str(case))
     assert_one_error_line(done.returncode, done.stdout, done.stderr, "(0028,0100) (UL) is 2 bytes long")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "words"),
+    [
+        ("RTINJURY_NODE_PORT", "eleven", "RTINJURY_NODE_PORT: Input should be a valid integer"),
+        ("RTINJURY_MAX_UPLOAD_BYTES", "-5", "RTINJURY_MAX_UPLOAD_BYTES: Input should be greater than"),
+        ("RTINJURY_API_KEY_HASHES", '["sha256:secret-looking-value"]', "RTINJURY_API_KEY_HASHES"),
+    ],
+    ids=["port-not-a-number", "negative-upload-limit", "malformed-key-hash"],
+)
+def test_a_bad_setting_is_one_line_naming_it_without_its_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, words: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+    status, stdout, stderr = in_process(capsys, "node")
+    assert_one_error_line(status, stdout, stderr, words)
+    assert "invalid setting" in stderr and value not in stderr
