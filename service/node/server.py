@@ -43,6 +43,7 @@ from service.config import NodePeer, Settings
 from service.db.engine import Database
 from service.node.contexts import add_supported_contexts
 from service.node.inbox import Inbox, StoreStatus
+from service.node.incoming import space_aware_temporary_file
 
 log = logging.getLogger(__name__)
 
@@ -322,4 +323,5 @@ def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
         incoming = _INCOMING_DIRS.get(thread.assoc.ae)
         if incoming is not None:
             kwargs["dir"] = incoming
+            return space_aware_temporary_file(*args, **kwargs)  # a full disk: 0xA700, no abort
     return tempfile.NamedTemporaryFile(*args, **kwargs)

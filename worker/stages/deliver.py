@@ -100,9 +100,9 @@ def _attempt(
         ae.add_requested_context(sop_class, syntaxes)
     association = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
     if not association.is_established:
-        reason = "rejected" if association.is_rejected else "could not be opened"
+        reason = "was rejected" if association.is_rejected else "could not be opened"
         logger.warning("send to %s: association %s", destination.name, reason)
-        return files, f"the association with {destination.ae_title} was {reason}"
+        return files, f"the association with {destination.ae_title} {reason}"
     not_stored: list[Path] = []
     try:
         for path in files:

@@ -1,0 +1,28 @@
+"""Fault injection with real processes: shared fixtures, and the logs of every process of a
+failing test's stack in its report."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.faults.stack import ACTIVE_STACKS
+from tests.service.api.conftest import zip_folders
+
+
+@pytest.fixture(scope="session")
+def patient_zip(orn_patient: Path) -> bytes:
+    """The synthetic ORN patient (planning CT, RTPLAN, RTDOSE, follow-up CT) as one zip."""
+    return zip_folders(orn_patient)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for stack in ACTIVE_STACKS:
+            for process in stack.processes:
+                report.sections.append((f"{process.name} log", process.log_tail(20_000)))
