@@ -3,7 +3,7 @@ failing test's stack in its report."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,13 @@ def patient_zip(orn_patient: Path) -> bytes:
     return zip_folders(orn_patient)
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    report = outcome.get_result()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.failed:
         for stack in ACTIVE_STACKS:
             for process in stack.processes:
                 report.sections.append((f"{process.name} log", process.log_tail(20_000)))
+    return report

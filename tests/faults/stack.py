@@ -270,10 +270,10 @@ def _pong(client: redis.Redis) -> bool | None:
 
 @contextlib.contextmanager
 def running_stack(
-    root: Path, *, worker_args: tuple[str, ...] = (), storage: Path | None = None, **settings: str
+    root: Path, *, storage: Path | None = None, settings: dict[str, str] | None = None
 ) -> Iterator[Stack]:
-    """Redis, the API (``rtinjury serve`` on that broker) and one worker, all started; all
-    stopped on exit, whatever happened. ``settings`` are more ``RTINJURY_*`` variables."""
+    """Redis, the API (``rtinjury serve`` on that broker) and one worker (prefork, one child),
+    all started; all stopped on exit, whatever happened. ``settings``: more ``RTINJURY_*``."""
     root.mkdir(parents=True, exist_ok=True)
     storage = storage or root / "storage"
     server = redis_server(root)
@@ -281,10 +281,10 @@ def running_stack(
         storage,
         redis_url(server),
         RTINJURY_BROKER_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S),
-        **settings,
+        **(settings or {}),
     )
     port = free_port()
-    worker_argv = ["worker", "--queues", "cpu,gpu", "--loglevel", "INFO", *worker_args]
+    worker_argv = ["worker", "--queues", "cpu,gpu", "--loglevel", "INFO"]
     stack = Stack(
         root=root,
         storage=storage,

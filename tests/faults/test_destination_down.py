@@ -41,7 +41,7 @@ PACS_AE = "PACS"
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("destination")
     settings = {"RTINJURY_SEND_ATTEMPTS": str(ATTEMPTS), "RTINJURY_SEND_BACKOFF_S": "0.2"}
-    with running_stack(root, **settings) as stack:
+    with running_stack(root, settings=settings) as stack:
         yield stack
 
 
