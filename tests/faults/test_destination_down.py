@@ -31,7 +31,7 @@ from worker.dispatch import Dispatcher
 from worker.jobs.folder import JobFolder
 from worker.jobs.spec import Destination, JobOptions, JobSpec
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(360)]
 
 ATTEMPTS = 3
 PACS_AE = "PACS"
@@ -71,7 +71,6 @@ def _delivery(stack: Stack, job_id: str, state: str) -> dict[str, Any]:
     return stack.wait_for(f"a delivery {state}", delivered, 240, every_s=0.25)
 
 
-@pytest.mark.timeout(360)
 def test_sends_to_a_destination_that_is_down_are_retried_then_reported(
     stack: Stack, orn_patient: Path, tmp_path: Path
 ) -> None:

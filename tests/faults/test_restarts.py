@@ -24,7 +24,8 @@ import pytest
 
 from tests.faults.stack import RIGID, VISIBILITY_TIMEOUT_S, Stack, running_stack
 
-pytestmark = pytest.mark.slow
+#: The whole module under one limit: its first test also runs the shared scenario.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 @dataclass
@@ -97,7 +98,6 @@ def _started(stack: Stack, job_id: str) -> list[str]:
     return [e["stage"] for e in _status_file(stack, job_id)["history"] if e["event"] == "started"]
 
 
-@pytest.mark.timeout(420)
 def test_while_redis_is_down_jobs_are_refused_and_reads_answered(restarts: Restarts) -> None:
     refused = restarts.refused
     assert refused.status_code == 503, refused.text

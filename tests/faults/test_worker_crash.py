@@ -28,7 +28,8 @@ from worker.celery.app import EXPORT, INFER
 from worker.dispatch import Dispatcher
 from worker.settings import WorkerSettings
 
-pytestmark = pytest.mark.slow
+#: The whole module under one limit: its first test also runs the shared scenario.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(420)]
 
 OUTPUTS = ["preview.png", "report.json", "rtstruct.dcm", "seg.dcm", "sr.dcm"]
 
@@ -103,7 +104,6 @@ def _started(history: list[dict[str, Any]]) -> list[str]:
     return [event["stage"] for event in history if event["event"] == "started"]
 
 
-@pytest.mark.timeout(420)
 def test_the_job_completes_once_after_its_worker_is_killed_mid_inference(
     stack: Stack, crashes: Crashes
 ) -> None:
