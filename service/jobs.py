@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar, cast
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import Headers
@@ -32,6 +33,7 @@ from worker.jobs.folder import JobFolder
 from worker.jobs.selection import select_case
 from worker.jobs.spec import ClickSpec, ClinicalFields, JobOptions, JobSpec, Task, write_spec
 from worker.jobs.status import JobState, JobStatus, read_status, write_status
+from worker.jobs.storage import is_disk_full
 from worker.stages.export.files import MEDIA_TYPES, OUTPUT_FILES
 
 log = logging.getLogger(__name__)
@@ -70,7 +72,8 @@ async def create_job(
     Raises
     ------
     ServiceProblem
-        413/415/400 for the upload itself, 503 when the queue does not take the job.
+        413/415/400 for the upload itself, 503 when the queue does not take the job, 507 when
+        the storage root is full.
     RequestValidationError
         Form fields that do not make a ``JobSpec``.
     worker.errors.InputError
@@ -85,8 +88,14 @@ async def create_job(
             raise _files_error(upload.unexpected_file_fields)
         spec = spec_from_form(upload.fields)
         return await run_in_threadpool(_admit, session, settings, queue, folder, spec, owner)
-    except BaseException:
+    except BaseException as error:
         folder.remove()
+        if is_disk_full(error):
+            log.warning("upload refused: the storage root is full")
+            raise ServiceProblem(
+                "storage-full",
+                "the storage root is full: nothing of the upload was kept; send it again later",
+            ) from None
         raise
 
 
@@ -293,11 +302,21 @@ def refresh(
     if stored == record.status:
         return
     previous = JobStatus.model_validate(record.status)
+    _apply_status(record, status)
+    try:
+        session.commit()
+    except OperationalError as error:
+        if not is_disk_full(error):
+            raise
+        # SQLite on a full storage root: the answer still says where the job stands, and the
+        # record catches up on a read once there is room again.
+        log.warning("job %s: record not updated, the database's disk is full", record.id)
+        session.rollback()
+        _apply_status(record, status)
+        return
     metrics.observe_stages(
         {stage: s for stage, s in status.timings_s.items() if previous.timings_s.get(stage) != s}
     )
-    _apply_status(record, status)
-    session.commit()
     if record.finished_at is not None:
         log.info("job %s %s", record.id, record.state)
 

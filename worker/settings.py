@@ -38,6 +38,12 @@ class WorkerSettings(BaseSettings):
     text_encoder: str | None = None
     #: A stage that runs longer than this is stopped (soft limit) and the job fails cleanly.
     task_soft_time_limit_s: int = Field(default=1200, ge=10)
+    #: Redis: a message a worker took but has not acknowledged (it acknowledges once the stage
+    #: has run) is given to another worker after this long; None means the soft time limit plus
+    #: ten minutes. That is how the stage of a worker killed mid-stage runs again, so it must stay
+    #: longer than the slowest stage: a shorter one hands a stage that is still running to a
+    #: second worker, and the stage runs twice. Lower it only where stages are known to be short.
+    broker_visibility_timeout_s: int | None = Field(default=None, ge=1)
 
     #: Our AE title: the DICOM node's, and the calling AE title when results are sent to a PACS.
     node_ae_title: str = Field(default="RTINJURY", min_length=1, max_length=16)
@@ -52,6 +58,13 @@ class WorkerSettings(BaseSettings):
     @property
     def jobs_root(self) -> Path:
         return self.storage_root / "jobs"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """The broker's visibility timeout (see ``broker_visibility_timeout_s``)."""
+        if self.broker_visibility_timeout_s is not None:
+            return self.broker_visibility_timeout_s
+        return self.task_soft_time_limit_s + 600
 
 
 @lru_cache

@@ -57,6 +57,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "invalid-prompt": (422, "Invalid prompt"),
     # Our side
     "broker-unavailable": (503, "The job queue is unavailable"),
+    "storage-full": (507, "Insufficient storage"),
     "internal-error": (500, "Internal error"),
 }
 

@@ -42,6 +42,7 @@ from service.node.header import (
     read_file_meta,
     read_header,
 )
+from service.node.incoming import was_unwritten
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class StoreStatus(IntEnum):
     """The C-STORE statuses the node answers with (PS3.4 Table B.2-1)."""
 
     SUCCESS = 0x0000
-    #: Refused, out of resources: less than ``node_min_free_bytes`` free on the storage root.
+    #: Refused, out of resources: less than ``node_min_free_bytes`` free on the storage root, or
+    #: the instance did not fit on it (see ``service.node.incoming``).
     OUT_OF_SPACE = 0xA700
     #: Refused, out of resources: the patient holds ``node_max_pending_instances`` already.
     TOO_MANY_PENDING = 0xA701
@@ -212,6 +214,9 @@ class Inbox:
         ``event.file_meta``); ``dataset_path`` the received bytes, as a Part 10 file or a bare
         dataset in ``file_meta``'s transfer syntax.
         """
+        if was_unwritten(dataset_path):
+            log.warning("association %s: instance refused, the storage root is full", assoc_id)
+            return StoreStatus.OUT_OF_SPACE
         if shutil.disk_usage(self.storage_root).free < self.settings.node_min_free_bytes:
             log.warning("association %s: instance refused, storage root below the free-space floor", assoc_id)
             return StoreStatus.OUT_OF_SPACE

@@ -41,7 +41,7 @@ import threading
 import traceback
 import weakref
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 from uuid import uuid4
 
 from pynetdicom import AE, _config, dimse_messages, evt
@@ -54,6 +54,7 @@ from service.config import NodePeer, Settings
 from service.db.engine import Database
 from service.node.contexts import add_supported_contexts
 from service.node.inbox import Inbox, StoreStatus
+from service.node.incoming import SpaceAwareFile, space_aware_temporary_file
 from worker.tls import NamedFile, TlsConfigError, handshake_failure, server_context
 
 log = logging.getLogger(__name__)
@@ -404,7 +405,9 @@ def _quiet_pynetdicom() -> None:
 _INCOMING_DIRS: weakref.WeakKeyDictionary[AE, Path] = weakref.WeakKeyDictionary()
 #: Per association, the temporary files pynetdicom has not closed yet (at most the one being
 #: received, or one it dropped).
-_OPEN_TEMPORARY_FILES: weakref.WeakKeyDictionary[Association, list[IO[bytes]]] = weakref.WeakKeyDictionary()
+_OPEN_TEMPORARY_FILES: weakref.WeakKeyDictionary[Association, list[SpaceAwareFile]] = (
+    weakref.WeakKeyDictionary()
+)
 _ROUTING_LOCK = threading.Lock()
 
 
@@ -429,7 +432,7 @@ def _named_temporary_file(*args: Any, **kwargs: Any) -> Any:
     if incoming is None:
         return tempfile.NamedTemporaryFile(*args, **kwargs)
     kwargs["dir"] = incoming
-    file = tempfile.NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 (pynetdicom owns it)
+    file = space_aware_temporary_file(*args, **kwargs)  # a full disk: 0xA700, no abort
     with _ROUTING_LOCK:
         # pynetdicom closes a file once its handler has run: only the others are kept.
         still_open = [f for f in _OPEN_TEMPORARY_FILES.get(thread.assoc, []) if not f.closed]

@@ -101,11 +101,22 @@ def _transport(settings: WorkerSettings) -> tuple[str, str]:
     return "filesystem://", backend
 
 
+def _redelivery_options(visibility_timeout_s: int) -> dict[str, Any]:
+    """Redis: a message not acknowledged within the visibility timeout is delivered again (a
+    worker killed mid-stage; see ``broker_visibility_timeout_s``). Workers look for such messages
+    when they start and then every interval × throttle seconds, 100 s by kombu's defaults: far
+    too rare for a short timeout, so the look is made every quarter of the timeout (at most
+    every 100 s), one cheap Redis query each time."""
+    return {
+        "visibility_timeout": visibility_timeout_s,
+        "unacked_restore_interval": min(100, max(1, visibility_timeout_s // 4)),
+        "unacked_restore_throttle": 1,
+    }
+
+
 def _transport_options(settings: WorkerSettings) -> dict[str, Any]:
     if settings.broker_url:
-        # Redis: a message not acknowledged within this time is delivered again; it must exceed
-        # the longest stage, or a slow stage would run twice.
-        return {"visibility_timeout": settings.task_soft_time_limit_s + 600, "socket_connect_timeout": 2}
+        return {**_redelivery_options(settings.visibility_timeout_s), "socket_connect_timeout": 2}
     folders = queue_folders(settings)
     messages = str(folders["messages"].resolve())
     return {

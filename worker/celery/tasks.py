@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from worker.celery.app import DELIVER, EXPORT, INFER, PREPARE, REFINE, create_celery_app
 from worker.jobs.folder import JobFolder
@@ -35,7 +35,7 @@ logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 class JobStageTask(Task):
-    """Retries transient faults only, with exponential back-off."""
+    """Retries transient faults only, with exponential back-off; remembers the messages it ran."""
 
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = 2
@@ -43,18 +43,31 @@ class JobStageTask(Task):
     retry_jitter = True
     max_retries = 3
 
+    def on_success(self, retval: Any, task_id: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # Celery calls this once the next stage's message is sent: a copy of this message that
+        # the broker hands out again (its acknowledgement was lost) can be dropped from now on.
+        _folder(str(retval)).mark_message_done(task_id)
+
 
 StageBody = Callable[[JobFolder, WorkerSettings, StatusReporter], None]
 
 
-def run_stage(task: Task, job_id: str, body: StageBody) -> str:
+def run_stage(task: Task, job_id: str, body: StageBody, *, once: bool = True) -> str:
     """Run one stage of ``job_id``; on failure the job's status says why, then the task fails
-    (which stops the chain: later stages never run on a failed job)."""
+    (which stops the chain: later stages never run on a failed job).
+
+    Acknowledgements are late (a worker lost mid-stage leaves its message to run again), so
+    the broker may hand out a message again that did run: after a Redis restart, or when a stage
+    outlasts the visibility timeout. Such a copy is ignored, and so is, with ``once`` (every
+    stage but delivery, which runs on finished jobs), any stage message of a finished job: the
+    job's results stay those it finished with, and nothing chained after the copy runs.
+    """
     from worker.jobs.pipeline import describe_failure
 
     settings = get_worker_settings()
     folder = JobFolder.under(settings.storage_root, job_id)
     reporter = StatusReporter(folder, on_change=_celery_progress(task, job_id))
+    _ignore_if_duplicate(task, folder, reporter, once)
     try:
         body(folder, settings, reporter)
     except TRANSIENT_ERRORS:
@@ -74,11 +87,33 @@ def run_stage(task: Task, job_id: str, body: StageBody) -> str:
     return job_id
 
 
+def _ignore_if_duplicate(task: Task, folder: JobFolder, reporter: StatusReporter, once: bool) -> None:
+    """Raise ``Ignore`` (acknowledged, no result, the chain goes no further) for a message the
+    job has no use for: a copy of one that ran already, or a pipeline stage's after the job
+    finished. Only a finished job's history notes it: a running job's status is its stage's."""
+    again = bool(task.request.id) and folder.message_done(task.request.id)
+    finished = reporter.status.state.finished
+    if not (again or (once and finished)):
+        return
+    stage = task.name.removeprefix("rtinjury.")
+    logger.warning("job %s: a %s message that came again was ignored", folder.job_id, stage)
+    if finished:
+        reporter.duplicate_ignored(stage)
+    raise Ignore()
+
+
 def _celery_progress(task: Task, job_id: str) -> Callable[[JobStatus], None]:
     def report(status: JobStatus) -> None:
-        if task.request.id:  # called directly (not through a worker) there is no task state
-            meta = {"job_id": job_id, "stage": status.stage, "progress": status.progress}
+        if not task.request.id:  # called directly (not through a worker) there is no task state
+            return
+        meta = {"job_id": job_id, "stage": status.stage, "progress": status.progress}
+        try:
             task.update_state(state="PROGRESS", meta=meta)
+        except Exception as error:
+            # A mirror for Flower and the like (status.json is the job's truth): a result
+            # backend that is down (Redis restarting) must not fail the stage.
+            kind = type(error).__name__
+            logger.warning("job %s: progress not mirrored to the result backend (%s)", job_id, kind)
 
     return report
 
@@ -154,7 +189,7 @@ def deliver_task(self: Task, job_id: str) -> str:
     from worker.jobs import pipeline
 
     try:
-        return run_stage(self, job_id, pipeline.deliver)
+        return run_stage(self, job_id, pipeline.deliver, once=False)
     except Exception:
         _keep_succeeded(job_id, "delivery")
         raise

@@ -7,7 +7,9 @@ storage root can pick up where another stopped, and nothing is ever unpickled.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, cast
@@ -134,11 +136,23 @@ def read_json(path: Path) -> Any:
 def _write_image(image: sitk.Image, path: Path) -> None:
     # Write next to the target, then rename: a reader never sees half an image.
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    sitk.WriteImage(image, str(partial), useCompression=True)
-    partial.replace(path)
+    with _removed_on_failure(partial):
+        sitk.WriteImage(image, str(partial), useCompression=True)
+        partial.replace(path)
 
 
 def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
     partial = path.with_name(f".{path.stem}.partial.npz")
-    cast(Any, np.savez)(partial, **arrays)  # numpy's stubs take **arrays for allow_pickle
-    partial.replace(path)
+    with _removed_on_failure(partial):
+        cast(Any, np.savez)(partial, **arrays)  # numpy's stubs take **arrays for allow_pickle
+        partial.replace(path)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(partial: Path) -> Iterator[None]:
+    """Half a file is no use to anyone, and on a full disk its space is wanted back."""
+    try:
+        yield
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

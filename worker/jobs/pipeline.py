@@ -26,6 +26,7 @@ from worker.jobs.progress import StatusReporter
 from worker.jobs.selection import case_files, select_case
 from worker.jobs.spec import ClickSpec, JobSpec, read_spec
 from worker.jobs.status import Delivery
+from worker.jobs.storage import is_disk_full
 from worker.runtime import ModelRuntime
 from worker.settings import WorkerSettings
 from worker.stages.assemble.case import Case
@@ -177,7 +178,11 @@ def export(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter
     )
     staging = folder.outputs.with_name(f"{folder.outputs.name}.partial")
     shutil.rmtree(staging, ignore_errors=True)
-    exported = export_results(inputs, staging)
+    try:
+        exported = export_results(inputs, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # half a set of outputs; its space is wanted back
+        raise
     _replace_folder(staging, folder.outputs)
     reporter.end_stage()
     return exported.report
@@ -246,4 +251,6 @@ def describe_failure(error: BaseException) -> tuple[str, str]:
 
     if isinstance(error, CodedError):
         return error.code, error.message
+    if is_disk_full(error):
+        return "storage-full", "the storage root is full (no space left on device); free space, then resend"
     return "internal-error", f"the job failed in the worker ({type(error).__name__}); see the worker log"

@@ -35,6 +35,7 @@ class StatusReporter:
         self.status.stage = name
         self.status.progress = max(self.status.progress, STAGE_PROGRESS.get(name, self.status.progress))
         self.status.error = None
+        self.status.record("started", name)
         self._stage_started = time.perf_counter()
         self._save()
 
@@ -65,12 +66,19 @@ class StatusReporter:
         self.status.state = JobState.SUCCEEDED
         self.status.stage = None
         self.status.progress = 100
+        self.status.record("succeeded")
         self._save()
 
     def failed(self, code: str, message: str) -> None:
         self.end_stage()
         self.status.state = JobState.FAILED
         self.status.error = JobError(code=code, message=message)
+        self.status.record("failed", self.status.stage)
+        self._save()
+
+    def duplicate_ignored(self, stage: str) -> None:
+        """A message of ``stage`` came for this job after it had finished: noted, not run."""
+        self.status.record("duplicate-ignored", stage)
         self._save()
 
     def _save(self) -> None:

@@ -8,13 +8,16 @@ share of the progress bar, roughly its share of the time on a CPU worker.
 from __future__ import annotations
 
 import json
+import os
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
 from models.files import write_atomically
+from worker.jobs.storage import DISK_FULL_ERRNOS
 
 
 class JobState(StrEnum):
@@ -63,6 +66,23 @@ class Delivery(BaseModel):
     at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
 
+#: The history keeps this many events (a job refined many times drops its oldest ones).
+HISTORY_LENGTH = 100
+
+
+#: What a history line records: a stage started, the job ended, or a stage message arrived again
+#: for a job that had already finished and was ignored (a broker's late duplicate).
+EventKind = Literal["started", "succeeded", "failed", "duplicate-ignored"]
+
+
+class StatusEvent(BaseModel):
+    """One line of a job's history."""
+
+    event: EventKind
+    stage: str | None = None
+    at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
 class JobStatus(BaseModel):
     state: JobState = JobState.QUEUED
     stage: str | None = None
@@ -75,7 +95,12 @@ class JobStatus(BaseModel):
     refinements: int = 0
     #: Results sent to DICOM destinations, latest attempt per destination.
     deliveries: list[Delivery] = Field(default_factory=list)
+    #: What happened, in order: shows a stage that ran again after a worker was lost.
+    history: list[StatusEvent] = Field(default_factory=list)
     updated_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def record(self, event: EventKind, stage: str | None = None) -> None:
+        self.history = [*self.history, StatusEvent(event=event, stage=stage)][-HISTORY_LENGTH:]
 
 
 def read_status(path: Path) -> JobStatus:
@@ -93,4 +118,23 @@ def read_status(path: Path) -> JobStatus:
 
 def write_status(status: JobStatus, path: Path) -> None:
     status.updated_at = datetime.now(UTC)
-    write_atomically(path, status.model_dump_json(indent=2).encode("utf-8"))
+    document = status.model_dump_json(indent=2).encode("utf-8")
+    try:
+        write_atomically(path, document)
+    except OSError as error:
+        if error.errno not in DISK_FULL_ERRNOS or not path.is_file():
+            raise
+        # A full disk has no room for the new copy an atomic write needs, but the old file's
+        # blocks can take the new status: without it a job stopped by the full disk would read
+        # as running for ever. A reader may see half a file meanwhile (read as unreadable).
+        _overwrite(path, document)
+
+
+def _overwrite(path: Path, document: bytes) -> None:
+    handle = os.open(path, os.O_WRONLY)
+    try:
+        os.pwrite(handle, document, 0)
+        os.ftruncate(handle, len(document))
+        os.fsync(handle)
+    finally:
+        os.close(handle)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from worker.celery.tasks import StageBody
 from worker.errors import DoseError
@@ -102,3 +104,98 @@ def test_a_failed_refinement_keeps_the_job_and_its_results(folder: JobFolder) ->
         "see the worker log); the job's results are unchanged"
     ]
     assert folder.output("seg").read_bytes() == b"the SEG from before"
+
+
+def _run_as_message(task: Any, body: StageBody, message_id: str, *, once: bool = True) -> None:
+    """``run_stage`` as a worker runs it: with the id of the message it came in."""
+    from worker.celery.tasks import run_stage
+
+    task.push_request(id=message_id)
+    try:
+        run_stage(task, JOB_ID, body, once=once)
+    finally:
+        task.pop_request()
+
+
+def _must_not_run(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+    raise AssertionError("the stage ran")
+
+
+def test_a_message_that_ran_already_is_ignored(folder: JobFolder) -> None:
+    from worker.celery.tasks import infer_task
+
+    write_status(JobStatus(state=JobState.RUNNING, stage="export"), folder.status_path)
+    folder.mark_message_done("7c9e6679-7425-40de-944b-e07fc1f90ae7")
+    with pytest.raises(Ignore):
+        _run_as_message(infer_task, _must_not_run, "7c9e6679-7425-40de-944b-e07fc1f90ae7")
+    status = read_status(folder.status_path)
+    # A running job's status belongs to its stage: nothing is written for the copy.
+    assert status.stage == "export" and status.history == []
+
+
+def test_a_pipeline_message_for_a_finished_job_is_ignored_and_noted(folder: JobFolder) -> None:
+    from worker.celery.tasks import prepare_task
+
+    write_status(JobStatus(state=JobState.SUCCEEDED, progress=100), folder.status_path)
+    with pytest.raises(Ignore):
+        _run_as_message(prepare_task, _must_not_run, "e0f7c3a2-1b7d-4a55-9c1e-2f5a8f3b9d10")
+    status = read_status(folder.status_path)
+    assert status.state is JobState.SUCCEEDED
+    assert [(e.event, e.stage) for e in status.history] == [("duplicate-ignored", "prepare")]
+
+
+def test_a_delivery_runs_on_a_finished_job(folder: JobFolder) -> None:
+    from worker.celery.tasks import deliver_task
+
+    write_status(JobStatus(state=JobState.SUCCEEDED, progress=100), folder.status_path)
+    ran: list[str] = []
+    message_id = "3f1d2c4b-5a6e-4f70-8b9c-0d1e2f3a4b5c"
+    _run_as_message(deliver_task, lambda *_: ran.append("deliver"), message_id, once=False)
+    assert ran == ["deliver"]
+
+
+def test_a_stage_that_ran_marks_its_message(folder: JobFolder) -> None:
+    from worker.celery.tasks import export_task
+
+    export_task.on_success(JOB_ID, "0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9", (JOB_ID,), {})
+    assert folder.message_done("0b1c2d3e-4f50-4617-8293-a4b5c6d7e8f9")
+    assert not folder.message_done("../../status.json")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        RuntimeError("ITK ERROR: MetaImageIO: File cannot be written\nReason: No space left on device"),
+    ],
+    ids=["oserror", "itk"],
+)
+def test_a_full_disk_fails_the_job_as_storage_full_without_retry(folder: JobFolder, error: Exception) -> None:
+    from worker.celery.tasks import TRANSIENT_ERRORS
+
+    assert not isinstance(error, TRANSIENT_ERRORS)  # it does not pass by itself: no retry
+    with pytest.raises(type(error)):
+        _run(error)
+    status = read_status(folder.status_path)
+    assert status.state is JobState.FAILED and status.error is not None
+    assert status.error.code == "storage-full" and "storage root is full" in status.error.message
+    assert [e.event for e in status.history] == ["started", "failed"]
+
+
+def test_the_result_backend_down_does_not_fail_the_stage(
+    folder: JobFolder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.celery.tasks import prepare_task
+
+    def backend_down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("Redis is restarting")
+
+    monkeypatch.setattr(prepare_task, "update_state", backend_down)  # failure injection
+
+    def body(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
+        reporter.stage("assemble")
+        reporter.end_stage()
+
+    _run_as_message(prepare_task, body, "5a6b7c8d-9e0f-4a1b-8c2d-3e4f5a6b7c8d")
+    status = read_status(folder.status_path)
+    assert status.state is JobState.RUNNING and "assemble" in status.timings_s
