@@ -45,7 +45,7 @@ def _upload_body() -> dict[str, Any]:
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
     openapi_extra=_upload_body(),
-    responses=_problems(400, 413, 415, 503),
+    responses=_problems(400, 413, 415, 503, 507),
 )
 async def create_job(
     request: Request,
