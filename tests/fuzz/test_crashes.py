@@ -3,15 +3,28 @@ result or one of our own errors. One file per finding in ``crashes/<harness>/``,
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 import pydicom
 import pytest
 
-from fuzz.targets import check_dicom, check_upload
-
 CRASHES = Path(__file__).resolve().parent / "crashes"
-CHECKS = {"dicom": check_dicom, "upload": check_upload}
+TARGETS = Path(__file__).resolve().parents[2] / "fuzz" / "targets.py"
+
+
+def _load_targets() -> ModuleType:
+    """fuzz/targets.py by its path: fuzz/ is a folder of scripts, not an installed package."""
+    spec = importlib.util.spec_from_file_location("fuzz_targets", TARGETS)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+targets = _load_targets()
+CHECKS = {"dicom": targets.check_dicom, "upload": targets.check_upload}
 FOUND = sorted(p for harness in CHECKS for p in (CRASHES / harness).iterdir() if p.is_file())
 
 
