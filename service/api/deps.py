@@ -85,7 +85,10 @@ require_submit = require_scope(Scope.SUBMIT)
 require_read = require_scope(Scope.READ)
 require_admin = require_scope(Scope.ADMIN)
 
-SessionDep = Annotated[Session, Depends(get_session)]
+#: Closed when the route returns, before the response is sent: a download would otherwise hold its
+#: connection while the file streams, which needs a worker thread, while every worker thread
+#: waits for a connection (found by benchmarks/load.py: 30 s stalls, then 500s, at 50 clients).
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 DispatcherDep = Annotated[JobQueue, Depends(get_dispatcher)]
 SubmitterDep = Annotated[Caller, Depends(require_submit)]
 ReaderDep = Annotated[Caller, Depends(require_read)]

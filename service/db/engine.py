@@ -16,6 +16,13 @@ log = logging.getLogger(__name__)
 
 #: How long a SQLite writer waits for another one before failing (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: Connections kept open between requests; more are opened when needed, never waited for. A
+#: request of the API holds a worker thread while it checks a connection out, and one holding a
+#: connection may need a thread to finish: with a capped pool, threads waiting for connections
+#: starved those holding them until the pool's timeout (benchmarks/load.py, 50 clients: 30 s
+#: stalls, then 500s).
+POOL_SIZE = 5
+UNCAPPED_OVERFLOW = -1
 
 
 def create_db_engine(url: str) -> Engine:
@@ -23,12 +30,14 @@ def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # Connections to a server go stale (restarts, idle timeouts): test them on checkout.
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=UNCAPPED_OVERFLOW)
     engine = create_engine(
         url,
         # The API hands a session to FastAPI's thread pool; SQLAlchemy's pool keeps one
         # connection to one thread at a time, so sqlite3's own thread check only gets in the way.
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        pool_size=POOL_SIZE,
+        max_overflow=UNCAPPED_OVERFLOW,
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine

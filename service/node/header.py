@@ -96,8 +96,9 @@ def read_header(fp: BinaryIO, transfer_syntax: UID) -> InstanceHeader:
     HeaderError
         When the dataset cannot be parsed or an attribute is missing or empty.
     """
-    stream: BinaryIO = _inflated_head(fp) if transfer_syntax.is_deflated else fp
     try:
+        # Inside: a damaged deflated stream is a zlib.error (found by fuzz/fuzz_dicom.py).
+        stream: BinaryIO = _inflated_head(fp) if transfer_syntax.is_deflated else fp
         dataset = read_dataset(
             stream,
             is_implicit_VR=transfer_syntax.is_implicit_VR,

@@ -26,6 +26,7 @@ import pytest
 
 from service.cli import run_cmd
 from service.cli.main import main
+from service.config import get_settings
 from tests.badinput import inputs
 from tests.badinput.inputs import OTHER_PATIENT_ID, PATIENT_ID
 from tests.service.cli.runner import rtinjury
@@ -233,10 +234,15 @@ def test_a_real_inspect_process_shows_one_line_and_no_traceback(case: Path) -> N
     ],
     ids=["port-not-a-number", "negative-upload-limit", "malformed-key-hash"],
 )
+@pytest.mark.timeout(120)  # were a bad setting taken, the node would serve until stopped
 def test_a_bad_setting_is_one_line_naming_it_without_its_value(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, words: str
 ) -> None:
     monkeypatch.setenv(variable, value)
-    status, stdout, stderr = in_process(capsys, "node")
+    get_settings.cache_clear()  # read once per process: this test's environment must be read
+    try:
+        status, stdout, stderr = in_process(capsys, "node")
+    finally:
+        get_settings.cache_clear()
     assert_one_error_line(status, stdout, stderr, words)
     assert "invalid setting" in stderr and value not in stderr

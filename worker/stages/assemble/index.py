@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 
 from worker.errors import DicomReadError
-from worker.stages.read.files import TRUNCATED, integer_value, read_header
+from worker.stages.read.files import TRUNCATED, integer_value, malformed_values, read_header
 
 SOP_CATEGORIES = {
     "1.2.840.10008.5.1.4.1.1.2": "image",  # CT Image
@@ -75,11 +75,18 @@ class Series:
         return sum(i.frames for i in self.instances)
 
     def text(self, keyword: str) -> str:
-        """A header string of the series' first instance ('' when absent)."""
-        value = self.first.header.get(keyword, "")
-        if isinstance(value, MultiValue | list | tuple):
-            return "\\".join(str(v) for v in value)
-        return str(value or "")
+        """A header string of the series' first instance ('' when absent).
+
+        Raises
+        ------
+        worker.errors.DicomReadError
+            The value cannot be read (the file is malformed).
+        """
+        with malformed_values(self.first.path):
+            value = self.first.header.get(keyword, "")
+            if isinstance(value, MultiValue | list | tuple):
+                return "\\".join(str(v) for v in value)
+            return str(value or "")
 
 
 @dataclass
@@ -153,7 +160,8 @@ def _instance(path: Path, index: StudyIndex) -> Instance | None:
             ) from None
         index.not_dicom.append(path)
         return None
-    return _describe(path, ds)
+    with malformed_values(path):
+        return _describe(path, ds)
 
 
 def _has_dicom_magic(path: Path) -> bool:

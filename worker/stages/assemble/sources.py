@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from worker.errors import InputError
 
+#: What zipfile raises on a damaged archive besides BadZipFile: an entry with an empty name gives
+#: IndexError, a damaged deflate stream zlib.error (both found by fuzz/fuzz_upload.py).
+ARCHIVE_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    NotImplementedError,
+    EOFError,
+    IndexError,
+    zlib.error,
+)
 #: Files that are never instances of a study.
 IGNORED_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
 CHUNK_BYTES = 1 << 20
@@ -79,7 +90,7 @@ def extract_zip(archive: Path, target: Path, limits: ZipLimits | None = None) ->
             _check_entries(entries, archive.name, limits)
             target.mkdir(parents=True, exist_ok=True)
             return _write_entries(zf, entries, target, archive.name, limits)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+    except ARCHIVE_ERRORS as exc:
         raise InputError(f"{archive.name}: corrupt or unsupported zip archive ({exc})") from exc
     except UnicodeDecodeError:
         # zipfile decodes every name when it opens the archive: one name flagged as UTF-8 that is
@@ -116,7 +127,13 @@ def _write_entries(
         if not _is_candidate(Path(PurePosixPath(entry.filename.replace("\\", "/")).name)):
             continue
         out = target / f"{number:06d}.dcm"
-        with zf.open(entry) as src, out.open("wb") as dst:
+        try:
+            src = zf.open(entry)
+        except OSError as exc:
+            # An entry whose offset lies outside the file: zipfile seeks there (found by
+            # fuzz/fuzz_upload.py). Only here: an OSError writing the entry is ours, not the archive's.
+            raise InputError(f"{name}: corrupt zip archive (an entry lies outside the file)") from exc
+        with src, out.open("wb") as dst:
             # Count what really inflates: the sizes in the directory may lie.
             while chunk := src.read(CHUNK_BYTES):
                 if dst.tell() == 0:

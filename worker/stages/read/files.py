@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 import struct
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -19,7 +22,7 @@ from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.tag import BaseTag
 from pydicom.valuerep import VR
 
-from worker.errors import DicomReadError
+from worker.errors import DicomReadError, InputError
 from worker.logs import register_identifiers
 
 #: Attributes every composite instance must carry for us to place it in a study.
@@ -28,7 +31,11 @@ REQUIRED_IDENTIFIERS = ("SOPClassUID", "SOPInstanceUID")
 DEFER_BYTES = 4096
 UNDEFINED_LENGTH = 0xFFFFFFFF
 #: What pydicom raises on a damaged file: a file cut inside an element header gives struct.error,
-#: a value of impossible length BytesLengthException, an invalid value (strict mode) ValueError.
+#: a value of impossible length BytesLengthException, an invalid value (strict mode) ValueError,
+#: a damaged deflated dataset zlib.error. Values are converted on first access, so interpreting a
+#: dataset raises them too, and more: an unknown VR gives NotImplementedError, a sequence item cut
+#: short OSError, a value of the wrong kind breaks int(), float() or indexing (the last four found
+#: by fuzz/fuzz_dicom.py).
 PARSE_ERRORS = (
     OSError,
     EOFError,
@@ -36,7 +43,10 @@ PARSE_ERRORS = (
     KeyError,
     TypeError,
     AttributeError,
+    IndexError,
+    NotImplementedError,
     struct.error,
+    zlib.error,
     BytesLengthException,
 )
 #: Error code of a DICOM file cut short (as opposed to a file that is not DICOM at all).
@@ -48,6 +58,22 @@ BINARY_VALUE_BYTES = {
     "AT": 4, "FD": 8, "FL": 4, "OD": 8, "OF": 4, "OL": 4, "OV": 8, "OW": 2,
     "SL": 4, "SS": 2, "SV": 8, "UL": 4, "US": 2, "UV": 8,
 }  # fmt: skip
+
+
+@contextmanager
+def malformed_values(path: Path) -> Iterator[None]:
+    """Report a file whose attribute values cannot be interpreted as unreadable, by its name.
+
+    Readers interpret a dataset inside this block. Our own errors pass unchanged; the library's
+    and the builtins' become a :class:`DicomReadError` that names the kind of failure only (their
+    messages may quote values, so patient data).
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except PARSE_ERRORS as exc:
+        raise DicomReadError(f"{path.name}: attribute values cannot be read ({type(exc).__name__})") from exc
 
 
 def read_header(path: Path) -> Dataset:
@@ -77,7 +103,8 @@ def read_header(path: Path) -> Dataset:
 def read_dataset(path: Path) -> Dataset:
     """Read a whole file, pixel data included, with the same checks as :func:`read_header`."""
     ds = _read(path, stop_before_pixels=False)
-    _check_native_pixel_length(ds, path)
+    with malformed_values(path):
+        _check_native_pixel_length(ds, path)
     return ds
 
 

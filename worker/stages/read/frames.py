@@ -16,7 +16,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from worker.errors import GeometryError
-from worker.stages.read.files import integer_value
+from worker.stages.read.files import integer_value, malformed_values
 
 #: Largest tolerated deviation of a direction cosine vector from unit length / orthogonality.
 ORTHONORMAL_TOLERANCE = 1e-3
@@ -64,14 +64,17 @@ def frames_from_dataset(ds: Dataset, path: Path) -> list[Frame]:
     worker.errors.GeometryError
         The instance lacks ImagePositionPatient, ImageOrientationPatient or PixelSpacing, or its
         direction cosines are not orthonormal.
+    worker.errors.DicomReadError
+        An attribute value cannot be read (the file is malformed).
     """
-    if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
-        return _enhanced_frames(ds, path)
-    if integer_value(ds, "NumberOfFrames", path.name, default=1) > 1:
-        raise GeometryError(
-            f"{path.name}: multi-frame image without functional groups has no per-frame geometry"
-        )
-    return [_classic_frame(ds, path)]
+    with malformed_values(path):
+        if "PerFrameFunctionalGroupsSequence" in ds or "SharedFunctionalGroupsSequence" in ds:
+            return _enhanced_frames(ds, path)
+        if integer_value(ds, "NumberOfFrames", path.name, default=1) > 1:
+            raise GeometryError(
+                f"{path.name}: multi-frame image without functional groups has no per-frame geometry"
+            )
+        return [_classic_frame(ds, path)]
 
 
 def _classic_frame(ds: Dataset, path: Path) -> Frame:

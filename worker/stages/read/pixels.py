@@ -14,7 +14,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from worker.errors import DicomReadError
-from worker.stages.read.files import read_dataset
+from worker.stages.read.files import malformed_values, read_dataset
 from worker.stages.read.frames import Frame
 
 
@@ -73,9 +73,10 @@ def _decode_file(path: Path) -> np.ndarray | str:
     """The file's pixel array, or the reason it could not be decoded."""
     try:
         ds = read_dataset(path)
+        with malformed_values(path):
+            return _pixel_array(ds)
     except DicomReadError as exc:
         return exc.message.removeprefix(f"{path.name}: ")
-    return _pixel_array(ds)
 
 
 def _pixel_array(ds: Dataset) -> np.ndarray | str:

@@ -19,7 +19,7 @@ from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
 from worker.errors import DoseError
-from worker.stages.read.files import read_dataset
+from worker.stages.read.files import malformed_values, read_dataset
 from worker.stages.read.frames import Frame, frames_from_dataset
 from worker.stages.read.geometry import (
     GeometryPolicy,
@@ -81,16 +81,24 @@ def read_rtdose(
     worker.errors.DoseError
         Not an RTDOSE, missing or inconsistent attributes, unsupported units or dose type.
     worker.errors.DicomReadError
-        The file is truncated or its pixel data cannot be decoded.
+        The file is truncated, an attribute value cannot be read, or its pixel data cannot be
+        decoded.
     """
     ds = read_dataset(Path(path))
-    name = Path(path).name
+    with malformed_values(Path(path)):
+        return _dose_grid(ds, Path(path), prescription_gy, policy)
+
+
+def _dose_grid(
+    ds: Dataset, path: Path, prescription_gy: float | None, policy: GeometryPolicy | None
+) -> DoseGrid:
+    name = path.name
     if ds.SOPClassUID != RT_DOSE_STORAGE:
         raise DoseError(f"{name}: not an RT Dose instance (SOPClassUID {ds.SOPClassUID})")
     warnings: list[str] = []
     dose_type = _check_dose_type(ds, name, warnings)
     offsets, form = grid_frame_offsets(ds, name)
-    frames = _dose_frames(ds, Path(path), offsets)
+    frames = _dose_frames(ds, path, offsets)
     stack, duplicates = sort_frames(frames)
     if duplicates:
         raise DoseError(f"{name}: GridFrameOffsetVector repeats positions")

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from worker.errors import InputError
-from worker.stages.read.files import read_header
+from worker.stages.read.files import malformed_values, read_header
 
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"
 RT_ION_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.8"
@@ -40,11 +40,16 @@ def read_rtplan(path: Path) -> PlanInfo:
     Raises
     ------
     worker.errors.InputError
-        The file is not an RT Plan.
+        The file is not an RT Plan, or an attribute value cannot be read.
     """
     ds = read_header(Path(path))
+    with malformed_values(Path(path)):
+        return _plan_info(ds, Path(path))
+
+
+def _plan_info(ds: Dataset, path: Path) -> PlanInfo:
     if ds.SOPClassUID not in (RT_PLAN_STORAGE, RT_ION_PLAN_STORAGE):
-        raise InputError(f"{Path(path).name}: not an RT Plan (SOPClassUID {ds.SOPClassUID})")
+        raise InputError(f"{path.name}: not an RT Plan (SOPClassUID {ds.SOPClassUID})")
     fractions = _fractions(ds)
     prescription, source = _prescription(ds, fractions)
     structure_sets = ds.get("ReferencedStructureSetSequence")

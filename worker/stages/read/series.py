@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from worker.errors import DicomReadError, GeometryError, InputError
-from worker.stages.read.files import read_header
+from worker.stages.read.files import malformed_values, read_header
 from worker.stages.read.frames import Frame, frames_from_dataset
 from worker.stages.read.geometry import (
     GeometryPolicy,
@@ -66,13 +66,16 @@ def read_image_series(paths: Sequence[Path], policy: GeometryPolicy | None = Non
     if not paths:
         raise InputError("no image files given")
     headers = [(Path(p), read_header(Path(p))) for p in paths]
-    first = _check_single_series(headers)
+    first, first_series_uid = _check_single_series(headers)
+    with malformed_values(headers[0][0]):
+        thickness = _float_or_none(first.get("SliceThickness"))
+        identity = {k: str(first.get(k, "")) for k in ("Modality", "FrameOfReferenceUID", "PatientPosition")}
     warnings: list[str] = []
     frames = _select_frames(_all_frames(headers), warnings)
     stack, duplicates = sort_frames(frames)
     if duplicates:
         warnings.append(f"{duplicates} frame(s) at duplicate positions dropped")
-    report = analyse_stack(stack, _float_or_none(first.get("SliceThickness")))
+    report = analyse_stack(stack, thickness)
     report.duplicates_dropped = duplicates
     decoded = decode_frames(stack.frames)
     if decoded.failures:
@@ -81,29 +84,36 @@ def read_image_series(paths: Sequence[Path], policy: GeometryPolicy | None = Non
     warnings.extend(_geometry_warnings(report))
     return ImageVolume(
         image=image,
-        modality=str(first.get("Modality", "")),
-        series_instance_uid=str(first.SeriesInstanceUID),
-        frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+        modality=identity["Modality"],
+        series_instance_uid=first_series_uid,
+        frame_of_reference_uid=identity["FrameOfReferenceUID"],
         sop_instance_uids=[f.sop_instance_uid for f in stack.frames],
         report=report,
         received=decoded.received,
         decoded=decoded.decoded,
-        patient_position=str(first.get("PatientPosition", "")),
+        patient_position=identity["PatientPosition"],
         warnings=warnings,
         frames=list(stack.frames),
     )
 
 
-def _check_single_series(headers: list[tuple[Path, Dataset]]) -> Dataset:
-    series = {str(ds.get("SeriesInstanceUID", "")) for _, ds in headers}
+def _check_single_series(headers: list[tuple[Path, Dataset]]) -> tuple[Dataset, str]:
+    """The first file's dataset and the series' SeriesInstanceUID."""
+    series = {_series_uid(path, ds) for path, ds in headers}
     if len(series) != 1:
         raise InputError(f"{len(series)} image series given where one was expected")
-    first = headers[0][1]
-    if "PixelData" not in first and "Rows" not in first:
-        raise InputError(f"{headers[0][0].name}: not an image (Modality {first.get('Modality', '?')})")
-    if int(first.get("SamplesPerPixel", 1)) != 1:
-        raise InputError("colour images are not supported (SamplesPerPixel is not 1)")
-    return first
+    path, first = headers[0]
+    with malformed_values(path):
+        if "PixelData" not in first and "Rows" not in first:
+            raise InputError(f"{path.name}: not an image (Modality {first.get('Modality', '?')})")
+        if int(first.get("SamplesPerPixel", 1)) != 1:
+            raise InputError("colour images are not supported (SamplesPerPixel is not 1)")
+    return first, series.pop()
+
+
+def _series_uid(path: Path, ds: Dataset) -> str:
+    with malformed_values(path):
+        return str(ds.get("SeriesInstanceUID", ""))
 
 
 def _all_frames(headers: list[tuple[Path, Dataset]]) -> list[Frame]:
