@@ -111,6 +111,9 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=900.0, help="give up on the load phase after this")
     parser.add_argument("--short", action="store_true", help="bounded CI form: 10 clients, 4 studies, 2 jobs")
     parser.add_argument("--database-url", default=None, help="job database (default: SQLite)")
+    parser.add_argument(
+        "--worker-nice", type=int, default=0, help="run the worker at this niceness (API before batch work)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     parser.add_argument("--keep", type=Path, default=None, help="keep patients, storage and logs here")
     args = parser.parse_args()
@@ -173,6 +176,8 @@ def running_stack(scratch: Path, args: argparse.Namespace) -> Iterator[Stack]:
         _wait_for_port(redis_port, processes, logs)
         rtinjury = [sys.executable, "-m", "service.cli.main"]
         worker = [*rtinjury, "worker", "--queues", "cpu,gpu", "--loglevel", "INFO"]
+        if args.worker_nice:
+            worker = ["nice", "-n", str(args.worker_nice), *worker]
         processes.append(_start(worker, env, logs / "worker.log"))
         processes.append(_start([*rtinjury, "node"], env, logs / "node.log"))
         processes.append(_start([*rtinjury, "serve", "--port", str(api_port)], env, logs / "serve.log"))
@@ -562,6 +567,7 @@ def summarise(figures: Figures, args: argparse.Namespace) -> dict[str, Any]:
             "api_jobs": args.api_jobs,
             "poll_interval_s": args.poll_interval,
             "database": "postgresql" if args.database_url else "sqlite",
+            "worker_nice": args.worker_nice,
             "cpu_count": os.cpu_count(),
         },
         "load_seconds": round(figures.load_seconds, 1),

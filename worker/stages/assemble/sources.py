@@ -19,15 +19,19 @@ from pathlib import Path, PurePosixPath
 from worker.errors import InputError
 
 #: What zipfile raises on a damaged archive besides BadZipFile: an entry with an empty name gives
-#: IndexError, a damaged deflate stream zlib.error (both found by fuzz/fuzz_upload.py).
+#: IndexError, a damaged deflate stream zlib.error, a name flagged UTF-8 that is not
+#: UnicodeDecodeError (found by fuzz/fuzz_upload.py).
 ARCHIVE_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
     NotImplementedError,
     EOFError,
     IndexError,
+    UnicodeDecodeError,
     zlib.error,
 )
+#: General-purpose bit 0 of a zip entry: the entry is encrypted.
+ENCRYPTED_FLAG = 0x1
 #: Files that are never instances of a study.
 IGNORED_NAMES = {"DICOMDIR", ".DS_Store", "Thumbs.db"}
 CHUNK_BYTES = 1 << 20
@@ -110,6 +114,9 @@ def _check_entries(entries: list[zipfile.ZipInfo], name: str, limits: ZipLimits)
             raise InputError(f"{name}: entry with an unsafe path (absolute or '..') refused")
         if stat.S_ISLNK(entry.external_attr >> 16):
             raise InputError(f"{name}: entry that is a symbolic link refused")
+        if entry.flag_bits & ENCRYPTED_FLAG:
+            # zipfile would ask for a password (RuntimeError; found by fuzz/fuzz_upload.py).
+            raise InputError(f"{name}: encrypted entries are not supported; send the archive unencrypted")
     declared = sum(e.file_size for e in entries)
     if declared > limits.max_total_bytes:
         raise InputError(f"{name}: unpacks to {declared} bytes, over the limit of {limits.max_total_bytes}")
