@@ -137,7 +137,8 @@ def delete_job(
     "/{job_id}/refine",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=_problems(404, 409, 503),
+    # 400: a body that cannot be decoded at all (not UTF-8); JSON of the wrong shape is 422.
+    responses=_problems(400, 404, 409, 503),
 )
 def refine_job(
     job_id: str,
