@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -93,3 +93,10 @@ DispatcherDep = Annotated[JobQueue, Depends(get_dispatcher)]
 SubmitterDep = Annotated[Caller, Depends(require_submit)]
 ReaderDep = Annotated[Caller, Depends(require_read)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
+
+#: The largest list offset: every database's OFFSET takes it (SQLite's is a 64-bit integer and
+#: overflows on larger ones, answering 500; a schemathesis finding).
+MAX_OFFSET = 2**31 - 1
+#: Paging of the list routes.
+PageLimit = Annotated[int, Query(ge=1, le=500)]
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]

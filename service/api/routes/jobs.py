@@ -14,7 +14,16 @@ from fastapi.responses import FileResponse
 
 from service import jobs
 from service.api.auth import Caller, forbidden
-from service.api.deps import DispatcherDep, MetricsDep, ReaderDep, SessionDep, SettingsDep, SubmitterDep
+from service.api.deps import (
+    DispatcherDep,
+    MetricsDep,
+    PageLimit,
+    PageOffset,
+    ReaderDep,
+    SessionDep,
+    SettingsDep,
+    SubmitterDep,
+)
 from service.api.errors import problem_responses
 from service.keys import Scope
 from service.schemas import JobCreateForm, JobPublic, JobsPublic, RefineRequest
@@ -75,8 +84,8 @@ def list_jobs(
     owner: Annotated[
         str | None, Query(pattern=r"^[0-9a-f]{12}$", description="owner id of a key (admin keys only)")
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: PageLimit = 50,
+    offset: PageOffset = 0,
 ) -> JobsPublic:
     """The caller's jobs (an admin's: every job), newest first, optionally of one state or owner."""
     listed = _listed_owner(caller, owner)
