@@ -47,7 +47,12 @@ def _free_port() -> int:
 PORT = _free_port()
 schema = schemathesis.openapi.from_path(OPENAPI_PATH)
 schema.config.update(base_url=f"http://127.0.0.1:{PORT}", headers=AUTH)
-schema.config.generation.update(max_examples=MAX_EXAMPLES)
+# Deterministic in CI (the same requests every run: a failure is reproducible, not luck); a longer,
+# random run: RTINJURY_FUZZ_RANDOM=1 RTINJURY_FUZZ_EXAMPLES=500 pytest tests/fuzz/test_schemathesis.py
+schema.config.generation.update(
+    max_examples=int(os.environ.get("RTINJURY_FUZZ_EXAMPLES", MAX_EXAMPLES)),
+    deterministic=os.environ.get("RTINJURY_FUZZ_RANDOM") != "1",
+)
 
 
 @pytest.fixture(scope="module")
