@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -93,3 +93,9 @@ DispatcherDep = Annotated[JobQueue, Depends(get_dispatcher)]
 SubmitterDep = Annotated[Caller, Depends(require_submit)]
 ReaderDep = Annotated[Caller, Depends(require_read)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
+
+#: The largest integer the job database stores (SQLite and PostgreSQL: signed 64 bits); a larger
+#: offset made the database driver fail (a 500, found by schemathesis).
+MAX_OFFSET = 2**63 - 1
+#: ``offset`` of the listings: how many rows to skip.
+PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]

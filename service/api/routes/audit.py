@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from service.api import audit as trail
-from service.api.deps import AdminDep, SessionDep
+from service.api.deps import AdminDep, PageOffset, SessionDep
 from service.api.errors import problem_responses
 from service.schemas import AuditEventPublic, AuditEventsPublic
 
@@ -21,7 +21,7 @@ def list_audit_events(
     job_id: Annotated[str | None, Query(pattern=r"^[0-9a-f]{32}$", description="one job's events")] = None,
     owner: Annotated[str | None, Query(pattern=r"^[0-9a-f]{12}$", description="one key's events")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> AuditEventsPublic:
     """Calls of the job routes, allowed and refused, newest first: who, what, which job, status."""
     page = trail.list_audit_events(session, job_id=job_id, owner=owner, limit=limit, offset=offset)

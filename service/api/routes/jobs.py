@@ -14,7 +14,15 @@ from fastapi.responses import FileResponse
 
 from service import jobs
 from service.api.auth import Caller, forbidden
-from service.api.deps import DispatcherDep, MetricsDep, ReaderDep, SessionDep, SettingsDep, SubmitterDep
+from service.api.deps import (
+    DispatcherDep,
+    MetricsDep,
+    PageOffset,
+    ReaderDep,
+    SessionDep,
+    SettingsDep,
+    SubmitterDep,
+)
 from service.api.errors import problem_responses
 from service.keys import Scope
 from service.schemas import JobCreateForm, JobPublic, JobsPublic, RefineRequest
@@ -76,7 +84,7 @@ def list_jobs(
         str | None, Query(pattern=r"^[0-9a-f]{12}$", description="owner id of a key (admin keys only)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> JobsPublic:
     """The caller's jobs (an admin's: every job), newest first, optionally of one state or owner."""
     listed = _listed_owner(caller, owner)
@@ -137,7 +145,8 @@ def delete_job(
     "/{job_id}/refine",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobPublic,
-    responses=_problems(404, 409, 503),
+    # 400: a body that is not even text (FastAPI cannot parse it; found by schemathesis).
+    responses=_problems(400, 404, 409, 503),
 )
 def refine_job(
     job_id: str,

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service.api.deps import AdminDep, SessionDep
+from service.api.deps import AdminDep, PageOffset, SessionDep
 from service.api.errors import problem_responses
 from service.db import NodeInstance, NodeStudy
 from service.schemas import StudiesPublic, StudyPublic, StudySeriesPublic
@@ -25,7 +25,7 @@ def list_studies(
     _caller: AdminDep,
     state: Annotated[str | None, Query(pattern="^(receiving|complete|incomplete)$")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: PageOffset = 0,
 ) -> StudiesPublic:
     """Patients whose studies the node received (newest first): series with their roles, the
     completion state, the jobs made."""
