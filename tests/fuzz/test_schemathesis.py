@@ -11,6 +11,7 @@ What it found is kept as fixed cases in test_api_findings.py.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,7 +73,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_for_health(url, process, log)
         yield url
     finally:
-        process.terminate()
+        # Ctrl-C, as test_serve stops it: on SIGTERM, uvicorn re-raises the signal once it has shut
+        # down and the process dies before it stops its embedded worker (which is left running).
+        process.send_signal(signal.SIGINT)
         try:
             process.wait(30)
         except subprocess.TimeoutExpired:
