@@ -94,9 +94,10 @@ SubmitterDep = Annotated[Caller, Depends(require_submit)]
 ReaderDep = Annotated[Caller, Depends(require_read)]
 AdminDep = Annotated[Caller, Depends(require_admin)]
 
-#: The largest list offset: every database's OFFSET takes it (SQLite's is a 64-bit integer and
-#: overflows on larger ones, answering 500; a schemathesis finding).
-MAX_OFFSET = 2**31 - 1
-#: Paging of the list routes.
+#: The largest integer the job database stores (SQLite and PostgreSQL: signed 64 bits); a larger
+#: offset made the database driver fail (a 500, found by schemathesis).
+MAX_OFFSET = 2**63 - 1
+#: ``limit`` of the listings: at most this many rows.
 PageLimit = Annotated[int, Query(ge=1, le=500)]
+#: ``offset`` of the listings: how many rows to skip.
 PageOffset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
