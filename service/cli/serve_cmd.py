@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging.config
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,10 @@ def run(args: argparse.Namespace) -> int:
         say(f"worker: external, via the broker at {_redacted(settings.broker_url or '')}")
     if not accepted_keys(settings):
         say("warning: no API key configured, every /v1 route answers 401; see `rtinjury keys new`")
+    # uvicorn shuts down gracefully on SIGTERM (docker stop, systemd), then raises the signal again
+    # with the handler it found: by default that kills this process before the worker is stopped.
+    # With this handler, it unwinds through the ``finally`` below as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         uvicorn.run(
             app,
@@ -103,6 +108,10 @@ def _redacted(url: str) -> str:
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _exit_on_sigterm(_signum: int, _frame: object) -> None:
+    raise SystemExit(0)
 
 
 def logging_config(level: str) -> dict[str, Any]:

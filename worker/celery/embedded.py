@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -49,7 +51,22 @@ def start_embedded_worker(settings: WorkerSettings, *, loglevel: str = "WARNING"
     ensure_queue_folders(settings)
     env = {**os.environ, **settings_environment(settings)}
     argv = worker_argv(ALL_QUEUES, pool="solo", concurrency=1, loglevel=loglevel)
-    return subprocess.Popen([sys.executable, "-m", "celery", *argv], env=env)
+    return subprocess.Popen([sys.executable, "-m", "celery", *argv], env=env, preexec_fn=_die_with_parent)
+
+
+#: prctl(2) option: the signal a process gets when the thread that started it ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGTERM (a warm shutdown) when its parent dies, however it dies
+    (``kill -9`` included), so that an embedded worker never outlives the command that started it
+    and goes on taking jobs from a queue nobody serves. Linux only; elsewhere the parent's own
+    ``stop_embedded_worker`` is the only stop."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def stop_embedded_worker(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:

@@ -86,7 +86,52 @@ def test_serve_embedded_starts_a_worker_and_stops_it(tmp_path: Path) -> None:
     finally:
         out, err = _stop(process)
     assert process.returncode == 0, err
-    worker_line = next(line for line in out.splitlines() if line.startswith("worker: embedded"))
-    worker_pid = int(worker_line.split("pid ")[1].split(")")[0])
-    with pytest.raises(ProcessLookupError):
-        os.kill(worker_pid, 0)  # gone with the API
+    _assert_gone(_worker_pid(out))  # gone with the API
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "kill-9"])
+def test_serve_stopped_by_a_signal_leaves_no_worker_behind(
+    tmp_path: Path, stop_signal: signal.Signals
+) -> None:
+    # SIGTERM is what docker stop and systemd send; SIGKILL gives the API no chance to clean up.
+    process, port = _serve(tmp_path)
+    try:
+        _wait_for(port, process, "/readyz")
+        worker_pid = _worker_pid_of_running(process)
+        process.send_signal(stop_signal)
+        process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    if stop_signal == signal.SIGTERM:
+        assert process.returncode == 0
+    _assert_gone(worker_pid)
+
+
+def _worker_pid(stdout: str) -> int:
+    line = next(line for line in stdout.splitlines() if line.startswith("worker: embedded"))
+    return int(line.split("pid ")[1].split(")")[0])
+
+
+def _worker_pid_of_running(process: subprocess.Popen[str]) -> int:
+    assert process.stdout is not None
+    for _ in range(10):  # the address line, then the worker line
+        line = process.stdout.readline()
+        if line.startswith("worker: embedded"):
+            return _worker_pid(line)
+    pytest.fail("serve did not say its worker's pid")
+
+
+def _assert_gone(pid: int, within_s: float = 30) -> None:
+    """The process ``pid`` has exited (a warm shutdown may take a few seconds)."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return  # exited; its parent has not reaped it yet
+        time.sleep(0.2)
+    pytest.fail(f"the embedded worker (pid {pid}) is still running")
