@@ -311,8 +311,11 @@ def refresh(
         # SQLite on a full storage root: the answer still says where the job stands, and the
         # record catches up on a read once there is room again.
         log.warning("job %s: record not updated, the database's disk is full", record.id)
+        # Out of the failed transaction with the values just applied (the answer), and out of
+        # the session: the next flush of this request (a count, another job's refresh) must not
+        # try to write it again.
+        session.expunge(record)
         session.rollback()
-        _apply_status(record, status)
         return
     metrics.observe_stages(
         {stage: s for stage, s in status.timings_s.items() if previous.timings_s.get(stage) != s}

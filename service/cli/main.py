@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from models.errors import ModelError
 from service.cli import (
@@ -84,6 +85,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _internal_error(exc, args.debug)
         _fail(f"error: invalid setting: {settings_problems(exc)}")
         return EXIT_INPUT_ERROR
+    except SettingsError as exc:  # a complex setting (a JSON list …) that does not even parse
+        _fail(f"error: invalid setting: {exc}")
+        return EXIT_INPUT_ERROR
     except KeyboardInterrupt:
         _fail("interrupted")
         return EXIT_INTERRUPTED
@@ -104,8 +108,8 @@ def settings_problems(error: ValidationError) -> str:
     URL or a key hash can be a secret)."""
     problems = []
     for item in error.errors():
-        name = "_".join(str(part) for part in item["loc"] if not isinstance(part, int))
-        where = f"RTINJURY_{name.upper()}" if name else "the settings"
+        # The variable is the first part of the location (the rest is inside its JSON value).
+        where = f"RTINJURY_{str(item['loc'][0]).upper()}" if item["loc"] else "the settings"
         problems.append(f"{where}: {item['msg']}")
     return "; ".join(problems)
 

@@ -16,13 +16,14 @@ log = logging.getLogger(__name__)
 
 #: How long a SQLite writer waits for another one before failing (ms).
 SQLITE_BUSY_TIMEOUT_MS = 30_000
-#: Connections kept open between requests; more are opened when needed, never waited for. A
-#: request of the API holds a worker thread while it checks a connection out, and one holding a
-#: connection may need a thread to finish: with a capped pool, threads waiting for connections
-#: starved those holding them until the pool's timeout (benchmarks/load.py, 50 clients: 30 s
-#: stalls, then 500s).
+#: Connections kept open between requests, and how many more may be opened. A request holds a
+#: connection only while its route runs (``SessionDep``: the session ends with the route), so the
+#: API needs at most one per thread of FastAPI's pool (anyio: 40); the cap stays above that, so no
+#: request thread ever waits for a connection (with a capped pool below it, threads waiting for
+#: connections starved those holding them: benchmarks/load.py, 50 clients, 30 s stalls, then 500s),
+#: while a PostgreSQL server sees a bounded number per API process.
 POOL_SIZE = 5
-UNCAPPED_OVERFLOW = -1
+MAX_OVERFLOW = 45
 
 
 def create_db_engine(url: str) -> Engine:
@@ -30,17 +31,21 @@ def create_db_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # Connections to a server go stale (restarts, idle timeouts): test them on checkout.
-        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=UNCAPPED_OVERFLOW)
+        return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=MAX_OVERFLOW)
     engine = create_engine(
         url,
         # The API hands a session to FastAPI's thread pool; SQLAlchemy's pool keeps one
         # connection to one thread at a time, so sqlite3's own thread check only gets in the way.
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
-        pool_size=POOL_SIZE,
-        max_overflow=UNCAPPED_OVERFLOW,
+        # An in-memory database lives in one connection (SQLAlchemy's own pool for it, unsized).
+        **({} if _in_memory(parsed.database) else {"pool_size": POOL_SIZE, "max_overflow": MAX_OVERFLOW}),
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+def _in_memory(database: str | None) -> bool:
+    return not database or database == ":memory:" or database.startswith("file::memory:")
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -231,8 +231,16 @@ def test_a_real_inspect_process_shows_one_line_and_no_traceback(case: Path) -> N
         ("RTINJURY_NODE_PORT", "eleven", "RTINJURY_NODE_PORT: Input should be a valid integer"),
         ("RTINJURY_MAX_UPLOAD_BYTES", "-5", "RTINJURY_MAX_UPLOAD_BYTES: Input should be greater than"),
         ("RTINJURY_API_KEY_HASHES", '["sha256:secret-looking-value"]', "RTINJURY_API_KEY_HASHES"),
+        ("RTINJURY_NODE_PEERS", "not-json-at-all", "node_peers"),
+        ("RTINJURY_NODE_PEERS", '[{"ae_title": "PACS"}]', "RTINJURY_NODE_PEERS: Field required"),
     ],
-    ids=["port-not-a-number", "negative-upload-limit", "malformed-key-hash"],
+    ids=[
+        "port-not-a-number",
+        "negative-upload-limit",
+        "malformed-key-hash",
+        "peers-not-json",
+        "peer-without-host",
+    ],
 )
 @pytest.mark.timeout(120)  # were a bad setting taken, the node would serve until stopped
 def test_a_bad_setting_is_one_line_naming_it_without_its_value(

@@ -148,6 +148,8 @@ def refine_task(self: Task, job_id: str, clicks: list[dict[str, Any]]) -> str:
 
     try:
         return run_stage(self, job_id, body)
+    except Ignore:  # a duplicate message: this run changed nothing, and nothing is to be kept
+        raise
     except Exception:
         status = read_status(_folder(job_id).status_path)
         _keep_succeeded(job_id, f"refinement {status.refinements}")
@@ -190,6 +192,8 @@ def deliver_task(self: Task, job_id: str) -> str:
 
     try:
         return run_stage(self, job_id, pipeline.deliver, once=False)
+    except Ignore:  # a duplicate message: this run changed nothing, and nothing is to be kept
+        raise
     except Exception:
         _keep_succeeded(job_id, "delivery")
         raise

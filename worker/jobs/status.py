@@ -127,7 +127,24 @@ def write_status(status: JobStatus, path: Path) -> None:
         # A full disk has no room for the new copy an atomic write needs, but the old file's
         # blocks can take the new status: without it a job stopped by the full disk would read
         # as running for ever. A reader may see half a file meanwhile (read as unreadable).
-        _overwrite(path, document)
+        fitted = _fitted(status, room=path.stat().st_blocks * 512)
+        if fitted is None:
+            raise
+        _overwrite(path, fitted)
+
+
+def _fitted(status: JobStatus, room: int) -> bytes | None:
+    """``status`` as a document of at most ``room`` bytes (writing past the old file's blocks
+    would need new ones, and fail half-way), its oldest history dropped if it must; ``None`` when
+    even without history it does not fit."""
+    history = list(status.history)
+    while True:
+        document = status.model_copy(update={"history": history}).model_dump_json(indent=2).encode("utf-8")
+        if len(document) <= room:
+            return document
+        if not history:
+            return None
+        history = history[1:]
 
 
 def _overwrite(path: Path, document: bytes) -> None:

@@ -85,6 +85,29 @@ def test_on_a_full_disk_the_status_is_rewritten_in_place(
     assert [p.name for p in tmp_path.iterdir()] == ["status.json"]
 
 
+def test_on_a_full_disk_a_status_larger_than_the_old_file_drops_its_oldest_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Writing past the old file's blocks would need new ones: a torn status, not a failed job.
+    path = tmp_path / "status.json"
+    write_status(JobStatus(state=JobState.RUNNING, stage="register"), path)
+    room = path.stat().st_blocks * 512
+    grown = JobStatus(state=JobState.FAILED, error=JobError(code="storage-full", message="full"))
+    for number in range(HISTORY_LENGTH):
+        grown.record("started", f"stage-{number}-" + "x" * (room // 8))
+    assert len(grown.model_dump_json(indent=2)) > room
+    monkeypatch.setattr("worker.jobs.status.write_atomically", _disk_full)  # failure injection
+    write_status(grown, path)
+    status = read_status(path)
+    assert status.state is JobState.FAILED and path.stat().st_size <= room
+    assert 0 < len(status.history) < len(grown.history)
+    assert status.history == grown.history[-len(status.history) :]  # the latest kept
+
+
+def _disk_full(*args: object) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
 def test_other_write_errors_are_not_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "status.json"
     write_status(JobStatus(), path)

@@ -19,15 +19,14 @@ from pathlib import Path, PurePosixPath
 from worker.errors import InputError
 
 #: What zipfile raises on a damaged archive besides BadZipFile: an entry with an empty name gives
-#: IndexError, a damaged deflate stream zlib.error, a name flagged UTF-8 that is not
-#: UnicodeDecodeError (found by fuzz/fuzz_upload.py).
+#: IndexError, a damaged deflate stream zlib.error (found by fuzz/fuzz_upload.py). A name flagged
+#: UTF-8 that is not (UnicodeDecodeError) has its own message.
 ARCHIVE_ERRORS = (
     zipfile.BadZipFile,
     zipfile.LargeZipFile,
     NotImplementedError,
     EOFError,
     IndexError,
-    UnicodeDecodeError,
     zlib.error,
 )
 #: General-purpose bit 0 of a zip entry: the entry is encrypted.
@@ -94,8 +93,6 @@ def extract_zip(archive: Path, target: Path, limits: ZipLimits | None = None) ->
             _check_entries(entries, archive.name, limits)
             target.mkdir(parents=True, exist_ok=True)
             return _write_entries(zf, entries, target, archive.name, limits)
-    except ARCHIVE_ERRORS as exc:
-        raise InputError(f"{archive.name}: corrupt or unsupported zip archive ({exc})") from exc
     except UnicodeDecodeError:
         # zipfile decodes every name when it opens the archive: one name flagged as UTF-8 that is
         # not UTF-8 makes the whole archive unreadable, although we never use the names.
@@ -103,6 +100,11 @@ def extract_zip(archive: Path, target: Path, limits: ZipLimits | None = None) ->
             f"{archive.name}: entry names marked as UTF-8 are not valid UTF-8 (a damaged archive "
             "or a broken zip tool); zip the files again"
         ) from None
+    except ARCHIVE_ERRORS as exc:
+        # The kind of damage only: zipfile's messages quote entry names (patient names, often).
+        raise InputError(
+            f"{archive.name}: corrupt or unsupported zip archive ({type(exc).__name__})"
+        ) from exc
 
 
 def _check_entries(entries: list[zipfile.ZipInfo], name: str, limits: ZipLimits) -> None:
