@@ -21,14 +21,13 @@ from starlette.datastructures import Headers
 
 from service.api.errors import ServiceProblem
 from worker.errors import InputError
-from worker.stages.assemble.sources import ZipLimits, extract_zip
+from worker.stages.assemble.sources import ZIP_MAGIC, ZipLimits, extract_zip
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
 
 #: File data is written in blocks of this size (fewer, larger writes off the event loop).
 WRITE_BLOCK_BYTES = 1 << 20
-ZIP_MAGIC = b"PK\x03\x04"
 #: The multipart field that carries files; every other part is a form field.
 FILES_FIELD = "files"
 #: Sent with a refusal that leaves the body unread: the server closes the connection after the

@@ -203,6 +203,9 @@ class PhiFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING and _from_identifying_library(record.name):
             return False
+        if getattr(record, _SCRUBBED, False):  # another handler's filter did it already
+            return True
+        setattr(record, _SCRUBBED, True)
         try:
             message = record.getMessage()
         except Exception:
@@ -220,6 +223,10 @@ class PhiFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = scrub(record.stack_info)
         return True
+
+
+#: The attribute that marks a record as scrubbed (the filter sits on every handler it reaches).
+_SCRUBBED = "_rtinjury_phi_scrubbed"
 
 
 def _from_identifying_library(name: str) -> bool:

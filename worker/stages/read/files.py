@@ -210,7 +210,7 @@ def _check_value_representations(ds: Dataset, path: Path) -> None:
     """
     try:
         _check_elements(ds, path)
-    except (*PARSE_ERRORS, NotImplementedError) as exc:
+    except PARSE_ERRORS as exc:
         raise DicomReadError(f"{path.name}: a sequence cannot be parsed ({type(exc).__name__})") from exc
 
 
