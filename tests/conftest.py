@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
 import pytest
 
 from models.synth import write_synthetic_patients
+from worker.logs import PhiFilter
 
 #: Real public DICOM-RT files (see each folder's SOURCE.md); shared/ sits beside the clone.
 SHARED_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
@@ -31,6 +34,23 @@ def _strict_pydicom():
     pydicom.config.settings.reading_validation_mode = pydicom.config.RAISE
     yield
     pydicom.config.settings.reading_validation_mode = previous
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Commands run in this process (``main([...])``) set logging up as their own process should:
+    pynetdicom's logger quietened, the PHI filter on every handler there is, pytest's capture
+    handlers included (they live as long as the session, and the filter drops pynetdicom's debug
+    records). Each test gets logging back as it found it."""
+    pynetdicom = logging.getLogger("pynetdicom")
+    level = pynetdicom.level
+    yield
+    pynetdicom.setLevel(level)
+    plugin = request.config.pluginmanager.get_plugin("logging-plugin")
+    handlers = [getattr(plugin, "caplog_handler", None), getattr(plugin, "report_handler", None)]
+    for handler in [*handlers, *logging.getLogger().handlers]:
+        for phi_filter in [f for f in getattr(handler, "filters", []) if isinstance(f, PhiFilter)]:
+            handler.removeFilter(phi_filter)
 
 
 @pytest.fixture(scope="session")
