@@ -36,6 +36,14 @@ def _strict_pydicom():
     pydicom.config.settings.reading_validation_mode = previous
 
 
+@pytest.fixture
+def no_site_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RTINJURY_* variable of the machine reaches the test (a broker URL, a model path …)."""
+    for name in list(os.environ):
+        if name.startswith("RTINJURY_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(autouse=True)
 def _logging_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
     """Commands run in this process (``main([...])``) set logging up as their own process should:

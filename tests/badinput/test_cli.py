@@ -39,13 +39,8 @@ EARLIER_RESULTS = {"seg.dcm": b"earlier seg", "report.json": b'{"earlier": true}
 
 
 @pytest.fixture(autouse=True)
-def _no_site_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_site_environment(no_site_environment: None) -> None:
     """The commands read no RTINJURY_* of the machine (a model path, role rules …)."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("RTINJURY_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture

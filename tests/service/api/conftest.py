@@ -40,13 +40,8 @@ def zip_folders(*folders: Path, extra: dict[str, bytes] | None = None) -> bytes:
 
 
 @pytest.fixture(autouse=True)
-def _no_site_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def _no_site_environment(no_site_environment: None) -> None:
     """The tests' settings are theirs alone: no RTINJURY_* of the machine (a broker URL …)."""
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("RTINJURY_"):
-            monkeypatch.delenv(name)
 
 
 @pytest.fixture
