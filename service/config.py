@@ -39,6 +39,16 @@ class Settings(WorkerSettings):
     api_key_hashes: list[str] = Field(default_factory=list)
     #: One plaintext key with every scope, for development and tests only.
     api_key: SecretStr | None = None
+    #: Signs the web viewer's session cookies; unset means a random secret kept in
+    #: ``<storage_root>/session-secret`` (shared by every API process on that storage).
+    session_secret: SecretStr | None = None
+    #: How long a web login lasts before the key must be entered again.
+    session_lifetime_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
+    #: Folders of ``rtinjury audit --out`` results the web viewer lists (one audit per
+    #: subfolder); unset means ``<storage_root>/audits``.
+    audit_root: Path | None = None
+    #: Memory the API may keep for the viewer's volumes (follow-up, dose, lesion) of recent jobs.
+    viewer_cache_mb: int = Field(default=1024, ge=64)
     #: Largest request body of an upload (all parts together).
     max_upload_bytes: int = Field(default=4 * 1024**3, ge=1024)
     #: Most files in one upload: parts plus the entries of its zip archives.
@@ -110,6 +120,11 @@ class Settings(WorkerSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{self.storage_root.resolve() / 'rtinjury.db'}"
+
+    @property
+    def audits_folder(self) -> Path:
+        """Where the web viewer looks for audits: ``audit_root`` or ``<storage_root>/audits``."""
+        return self.audit_root if self.audit_root is not None else Path(self.storage_root) / "audits"
 
     @property
     def zip_limits(self) -> ZipLimits:

@@ -20,10 +20,11 @@ from service import __version__
 from service.api.audit import AuditMiddleware
 from service.api.errors import install_error_handlers
 from service.api.middleware import RequestContextMiddleware
-from service.api.routes import audit, health, jobs, metrics, studies
+from service.api.routes import audit, health, jobs, metrics, studies, views
 from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import ServiceMetrics
+from service.viewer.jobview import ViewCache
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
@@ -70,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.metrics = service_metrics
+    app.state.view_cache = ViewCache(settings.viewer_cache_mb * 1024**2)
     install_error_handlers(app)
     # Added first, so it runs inside the request middleware: the request id is set, and an
     # unexpected error is still a 500 row.
@@ -77,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, metrics=service_metrics)
     app.include_router(health.router)
     app.include_router(jobs.router)
+    app.include_router(views.router)
     app.include_router(studies.router)
     app.include_router(metrics.router)
     app.include_router(audit.router)

@@ -199,3 +199,57 @@ class AuditEventsPublic(BaseModel):
     count: int
     limit: int
     offset: int
+
+
+class ViewGridPublic(BaseModel):
+    """The viewer's display grid: voxel (i, j, k) lies at ``origin_mm + (i, j, k) · spacing_mm``
+    in LPS millimetres (identity direction: i to the patient's left, j posterior, k superior)."""
+
+    size: tuple[int, int, int]
+    spacing_mm: tuple[float, float, float]
+    origin_mm: tuple[float, float, float]
+
+
+class ViewPlanePublic(BaseModel):
+    """One plane of the viewer: its slice count, pixel size and the slice it opens on."""
+
+    count: int
+    width: int
+    height: int
+    #: Width and height of one pixel in mm (the browser keeps this aspect).
+    pixel_mm: tuple[float, float]
+    start: int
+
+
+class ViewWindowPublic(BaseModel):
+    id: str
+    label: str
+    level: float
+    width: float
+
+
+class ViewIsodosePublic(BaseModel):
+    percent: int
+    gy: float
+    colour: str
+
+
+class ViewPublic(BaseModel):
+    """What the web viewer needs to show a job's follow-up with its layers."""
+
+    job_id: str
+    state: JobState
+    task: Task | None
+    modality: str
+    grid: ViewGridPublic
+    planes: dict[str, ViewPlanePublic]
+    windows: list[ViewWindowPublic]
+    default_window: str
+    #: Which overlays the job has: ``lesion``, ``isodose``, ``planning`` (registration review).
+    layers: dict[str, bool]
+    isodose: list[ViewIsodosePublic]
+    lesion_colour: str
+    #: Changes whenever the lesion does (a refinement): slice URLs carry it as ``v``.
+    version: str
+    refinements: int
+    clicks: list[ClickSpec]

@@ -124,12 +124,19 @@ def authenticate(credentials: HTTPAuthorizationCredentials | None, settings: Set
         raise ServiceProblem(
             "unauthorized", "send an API key as 'Authorization: Bearer <key>'", headers=_CHALLENGE
         )
-    presented = hash_api_key(credentials.credentials)
+    caller = caller_of_hash(hash_api_key(credentials.credentials), keys)
+    if caller is None:
+        log.info("request with an unknown API key refused")
+        raise ServiceProblem("unauthorized", "the API key is not valid", headers=_INVALID_CHALLENGE)
+    return caller
+
+
+def caller_of_hash(presented: str, keys: list[KeyLine]) -> Caller | None:
+    """The caller of the key whose ``sha256:`` hash is ``presented``, or None if no line has it."""
     # Compare against every hash, without stopping at a match, so timing says nothing.
     matches = [hmac.compare_digest(presented, known.key_hash) for known in keys]
     if not any(matches):
-        log.info("request with an unknown API key refused")
-        raise ServiceProblem("unauthorized", "the API key is not valid", headers=_INVALID_CHALLENGE)
+        return None
     # A hash listed twice (a site adding scopes on a second line) gets the scopes of both.
     scopes = frozenset().union(*(known.scopes for known, hit in zip(keys, matches, strict=True) if hit))
     return Caller(owner_of(presented), scopes)

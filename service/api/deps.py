@@ -6,6 +6,7 @@ A route states the scope it needs by its caller alias: ``SubmitterDep``, ``Reade
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
@@ -13,12 +14,16 @@ from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service.api.auth import Caller, authenticate, check_scope
+from service.api.auth import Caller, accepted_keys, authenticate, caller_of_hash, check_scope
+from service.api.errors import ServiceProblem
+from service.api.sessions import COOKIE_NAME, CSRF_HEADER, SAFE_METHODS, decode_cookie, session_secret
 from service.config import Settings
 from service.db import Database
 from service.jobs import JobQueue
 from service.keys import Scope
 from service.metrics import ServiceMetrics
+
+log = logging.getLogger(__name__)
 
 #: Declares the scheme in OpenAPI; the check itself (and its problem+json 401) is ours.
 _bearer = HTTPBearer(auto_error=False, description="An API key made with `rtinjury keys new`.")
@@ -58,15 +63,54 @@ def get_dispatcher(settings: SettingsDep) -> JobQueue:
     return dispatcher
 
 
+def get_session_secret(request: Request) -> bytes:
+    """The session signing secret, read once per app (it may be made on first use)."""
+    secret: bytes | None = getattr(request.app.state, "session_secret", None)
+    if secret is None:
+        secret = request.app.state.session_secret = session_secret(request.app.state.settings)
+    return secret
+
+
 def require_api_key(
     request: Request,
     settings: SettingsDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """The caller (owner id and scopes); a 401 problem without a valid bearer key."""
-    caller = authenticate(credentials, settings)
+    """The caller (owner id and scopes) of a bearer key, or of the web viewer's session cookie;
+    a 401 problem without either."""
+    caller = None
+    if credentials is None and COOKIE_NAME in request.cookies:
+        caller = session_caller(request, settings)
+    if caller is None:
+        caller = authenticate(credentials, settings)
     # The audit trail (service.api.audit) reads it from the request's state once the answer is out.
     request.state.caller = caller
+    return caller
+
+
+def session_caller(request: Request, settings: Settings) -> Caller | None:
+    """The caller of a valid session cookie (None without one), its CSRF token checked when the
+    request changes something.
+
+    Raises
+    ------
+    ServiceProblem
+        ``forbidden``: a POST or DELETE with the cookie but without the session's CSRF token.
+    """
+    secret = get_session_secret(request)
+    session = decode_cookie(request.cookies.get(COOKIE_NAME), secret)
+    if session is None:
+        return None
+    caller = caller_of_hash(session.key_hash, accepted_keys(settings))
+    if caller is None:
+        log.info("session of a key no longer configured refused")
+        return None
+    token = request.headers.get(CSRF_HEADER)
+    if request.method not in SAFE_METHODS and not session.csrf_matches(secret, token):
+        raise ServiceProblem(
+            "forbidden", f"a web viewer request that changes something needs the {CSRF_HEADER} header"
+        )
+    request.state.session = session
     return caller
 
 

@@ -44,6 +44,9 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "job-busy": (409, "The job is queued or running"),
     "job-not-succeeded": (409, "The job has not succeeded"),
     "no-destinations": (409, "The job has no DICOM destinations"),
+    "view-not-ready": (409, "The job has no images to view yet"),
+    "slice-not-found": (404, "No such slice"),
+    "layer-not-found": (404, "No such layer"),
     # The DICOM a client sent (worker.errors.InputError and its subclasses)
     "invalid-input": (422, "Unusable input"),
     "unreadable-dicom": (422, "Unreadable DICOM"),

@@ -26,6 +26,8 @@ from worker.stages.register.result import RegistrationMethod, RegistrationQA, Re
 
 FOLLOWUP = "followup.mha"
 DOSE = "dose-on-followup.mha"
+#: The planning CT on the follow-up grid, for the viewer's registration review.
+PLANNING = "planning-on-followup.mha"
 TRANSFORM = "planning-to-followup.h5"
 PREPARED = "prepared.json"
 LESION = "lesion.mha"
@@ -40,6 +42,8 @@ def save_prepared(work: Path, followup: sitk.Image, prepared: PreparedCase, fact
     work.mkdir(parents=True, exist_ok=True)
     _write_image(followup, work / FOLLOWUP)
     _write_image(sitk.Cast(prepared.dose.image, sitk.sitkFloat32), work / DOSE)
+    if prepared.planning_ct is not None:
+        _write_image(prepared.planning_ct, work / PLANNING)
     sitk.WriteTransform(prepared.registration.transform, str(work / TRANSFORM))
     registration = prepared.registration
     document = {

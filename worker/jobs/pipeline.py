@@ -52,7 +52,9 @@ def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporte
     reporter.stage("read")
     data = read_case(case)
     registration = RegistrationOptions(deformable=spec.options.deformable, threads=settings.threads)
-    prepared = prepare_case(case, data, tau=spec.tau, registration=registration, progress=reporter.stage)
+    prepared = prepare_case(
+        case, data, tau=spec.tau, registration=registration, progress=reporter.stage, carry_planning_ct=True
+    )
     header = case.followup.first.header
     facts: dict[str, Any] = {
         "task": case.task,

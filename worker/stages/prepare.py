@@ -34,6 +34,9 @@ class PreparedCase:
     region: HighDoseRegion
     region_dose: DoseStatistics
     warnings: list[str] = field(default_factory=list)
+    #: The planning CT on the follow-up grid (registration review: checkerboard, overlay), when
+    #: asked for.
+    planning_ct: sitk.Image | None = None
 
 
 def prepare_case(
@@ -43,10 +46,12 @@ def prepare_case(
     tau: float = DEFAULT_TAU,
     registration: RegistrationOptions | None = None,
     progress: Callable[[str], None] | None = None,
+    carry_planning_ct: bool = False,
 ) -> PreparedCase:
     """Register, carry the dose over and derive the high-dose region of one case.
 
     ``progress`` is told the name of each step ("register", "dose", "prompts") as it starts.
+    ``carry_planning_ct`` also resamples the planning CT onto the follow-up, for review.
 
     Raises
     ------
@@ -66,7 +71,19 @@ def prepare_case(
     tell("dose")
     dose = map_dose(data.dose.image, data.followup.image, transform)
     tell("prompts")
-    return with_region(result, dose, tau)
+    prepared = with_region(result, dose, tau)
+    if carry_planning_ct:
+        prepared.planning_ct = planning_on_followup(data.planning_ct.image, data.followup.image, transform)
+    return prepared
+
+
+#: What the planning CT shows where it does not reach the follow-up: air.
+AIR_HU = -1000
+
+
+def planning_on_followup(planning: sitk.Image, followup: sitk.Image, transform: sitk.Transform) -> sitk.Image:
+    """The planning CT resampled onto the follow-up grid (int16 HU) through the registration."""
+    return sitk.Resample(planning, followup, transform, sitk.sitkLinear, AIR_HU, sitk.sitkInt16)
 
 
 def with_region(registration: RegistrationResult, dose: MappedDose, tau: float) -> PreparedCase:
