@@ -25,6 +25,7 @@ from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import ServiceMetrics
 from service.viewer.jobview import ViewCache
+from service.web import pages
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(studies.router)
     app.include_router(metrics.router)
     app.include_router(audit.router)
+    app.include_router(pages.router)
     return app
 
 

@@ -12,10 +12,11 @@ import logging
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from models.errors import CodedError
@@ -71,6 +72,23 @@ _INPUT_ERROR_STATUS = 422
 def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` for problems of these statuses (``application/problem+json``)."""
     return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in statuses}
+
+
+#: The web viewer's login page, where a page request without a valid session is sent.
+LOGIN_PATH = "/ui/login"
+
+
+class LoginRequired(Exception):
+    """A web page asked for without a valid session: answered by a redirect to the login page,
+    which comes back to ``next_path`` (one of our pages) afterwards."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+    @property
+    def location(self) -> str:
+        return f"{LOGIN_PATH}?next={quote(self.next_path, safe='/')}"
 
 
 class ServiceProblem(Exception):
@@ -187,3 +205,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CodedError, _on_coded_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_exception)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
+    app.add_exception_handler(LoginRequired, _on_login_required)
+
+
+async def _on_login_required(request: Request, error: Exception) -> RedirectResponse:
+    """A web page without a valid session: to the login page, which comes back afterwards."""
+    assert isinstance(error, LoginRequired)
+    return RedirectResponse(error.location, status_code=303, headers={"Cache-Control": "no-store"})
