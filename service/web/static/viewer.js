@@ -18,7 +18,7 @@
     coronal: { left: "R", right: "L", top: "S", bottom: "I" },
     sagittal: { left: "A", right: "P", top: "S", bottom: "I" },
   };
-  const MAX_STAGE_PX = 440;
+  const MAX_STAGE_PX = 380;
   const POLL_MS = 1000;
 
   const state = {
