@@ -12,17 +12,20 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import SimpleITK as sitk
 
 from models.files import write_atomically
-from models.predictor import Click, Prediction
 from worker.jobs.spec import ClickSpec
 from worker.stages.dose_map import MappedDose
 from worker.stages.prepare import PreparedCase, with_region
 from worker.stages.register.result import RegistrationMethod, RegistrationQA, RegistrationResult
+
+if TYPE_CHECKING:
+    # The API process reads these files too (the web viewer), and must not import torch.
+    from models.predictor import Click, Prediction
 
 FOLLOWUP = "followup.mha"
 DOSE = "dose-on-followup.mha"
@@ -126,6 +129,8 @@ def load_clicks(work: Path) -> list[ClickSpec]:
 
 
 def as_clicks(clicks: list[ClickSpec]) -> list[Click]:
+    from models.predictor import Click
+
     return [Click(c.point_mm, c.positive) for c in clicks]
 
 

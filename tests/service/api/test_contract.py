@@ -37,6 +37,8 @@ ROUTE_SCOPES = {
     ("GET", "/v1/jobs/{job_id}/results/{name}"): "read",
     ("POST", "/v1/jobs/{job_id}/refine"): "submit",
     ("POST", "/v1/jobs/{job_id}/deliver"): "submit",
+    ("GET", "/v1/jobs/{job_id}/view"): "read",
+    ("GET", "/v1/jobs/{job_id}/view/{plane}/{index}"): "read",
     ("GET", "/v1/studies"): "admin",
     ("GET", "/v1/audit-events"): "admin",
     ("GET", "/metrics"): "read",
@@ -56,7 +58,12 @@ def _protected_templates(app: FastAPI) -> list[tuple[str, str]]:
 
 
 def _path_of(template: str) -> str:
-    return template.replace("{job_id}", "0" * 32).replace("{name}", "seg")
+    return (
+        template.replace("{job_id}", "0" * 32)
+        .replace("{name}", "seg")
+        .replace("{plane}", "axial")
+        .replace("{index}", "0")
+    )
 
 
 def _protected_routes(app: FastAPI) -> list[tuple[str, str]]:
