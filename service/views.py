@@ -100,6 +100,9 @@ def slice_png(view: JobView, plane: Plane, index: int, layer: Layer, window_id: 
         raise ServiceProblem("slice-not-found", f"the {plane.value} plane has slices 0 to {count - 1}")
     base = view.base
     window = view.window(window_id)
+    if window is None:
+        presets = ", ".join(w.id for w in base.windows)
+        raise ServiceProblem("window-not-found", f"window presets are {presets}")
     if layer is Layer.IMAGE:
         return render.grey_slice(plane_slice(base.image, plane, index), window)
     if layer is Layer.LESION and view.lesion is not None:

@@ -48,6 +48,7 @@ PROBLEMS: dict[str, tuple[int, str]] = {
     "view-not-ready": (409, "The job has no images to view yet"),
     "slice-not-found": (404, "No such slice"),
     "layer-not-found": (404, "No such layer"),
+    "window-not-found": (404, "No such window preset"),
     # The DICOM a client sent (worker.errors.InputError and its subclasses)
     "invalid-input": (422, "Unusable input"),
     "unreadable-dicom": (422, "Unreadable DICOM"),

@@ -84,9 +84,10 @@ class JobView:
             return "mr"
         return CT_BONE.id if self.task == "orn" else CT_SOFT_TISSUE.id
 
-    def window(self, window_id: str | None) -> Window:
+    def window(self, window_id: str | None) -> Window | None:
+        """The preset of that id (the default without one), or None when no preset has it."""
         wanted = window_id or self.default_window
-        return next((w for w in self.base.windows if w.id == wanted), self.base.windows[0])
+        return next((w for w in self.base.windows if w.id == wanted), None)
 
     def start_voxel(self, centroid_mm: list[float] | None) -> tuple[int, int, int]:
         """Where the viewer opens: the lesion's centroid, else the dose maximum, else the centre."""

@@ -313,6 +313,15 @@ def test_unknown_planes_and_layers_are_refused(
     assert_problem(response, 422, "validation-error")
 
 
+def test_an_unknown_window_preset_is_refused_with_the_presets_named(
+    view_client: TestClient, finished: Job
+) -> None:
+    response = view_client.get(finished.slice_path("axial", 0), params={"window": "lung"}, headers=OWNER)
+
+    assert_problem(response, 404, "window-not-found")
+    assert "ct-bone" in response.json()["detail"]
+
+
 def test_a_queued_job_has_nothing_to_view_yet(
     view_client: TestClient, view_settings: Settings, small_zip: bytes
 ) -> None:
