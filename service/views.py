@@ -20,12 +20,12 @@ from service.schemas import (
 )
 from service.viewer import render
 from service.viewer.jobview import JobView, ViewCache
-from service.viewer.volumes import Plane, plane_slice
 from worker.jobs import handoff
 from worker.jobs.folder import JobFolder
 from worker.jobs.spec import ClickSpec, Task
 from worker.jobs.status import JobStatus
 from worker.stages.export.files import OUTPUT_FILES
+from worker.viewer.volumes import Plane, plane_slice
 
 
 class Layer(StrEnum):
@@ -71,7 +71,7 @@ def view_public(view: JobView, status: JobStatus, folder: JobFolder, job_id: str
         modality=view.modality,
         grid=ViewGridPublic(size=view.grid.size, spacing_mm=view.grid.spacing, origin_mm=view.grid.origin),
         planes=planes,
-        windows=[ViewWindowPublic(**w.__dict__) for w in base.windows],
+        windows=[ViewWindowPublic(**w.__dict__) for w in view.windows],
         default_window=view.default_window,
         layers={
             Layer.LESION.value: view.lesion is not None,
@@ -101,7 +101,7 @@ def slice_png(view: JobView, plane: Plane, index: int, layer: Layer, window_id: 
     base = view.base
     window = view.window(window_id)
     if window is None:
-        presets = ", ".join(w.id for w in base.windows)
+        presets = ", ".join(w.id for w in view.windows)
         raise ServiceProblem("window-not-found", f"window presets are {presets}")
     if layer is Layer.IMAGE:
         return render.grey_slice(plane_slice(base.image, plane, index), window)

@@ -1,10 +1,11 @@
-"""What the web viewer shows of one job, read from its folder and kept in memory while in use.
+"""What the web viewer shows of one job, read from its folder and kept while in use.
 
-The worker leaves the follow-up, the dose on it, the planning CT on it and the lesion in the
-job's ``work/`` folder (``worker.jobs.handoff``). They are read once, put on the display grid
-(``service.viewer.volumes``) and kept in a cache bounded in bytes, so that scrolling costs a
-slice cut and a PNG encoding, not a file read. Each entry remembers the files' modification
-times and sizes: a refinement writes a new lesion, and the next request reads it again.
+The prepare stage leaves the follow-up, the planning CT and the isodose bands on the display grid
+in ``work/view/`` (``worker.viewer.layers``); they are mapped into memory, so scrolling costs a
+slice cut and a PNG encoding, not a file read. A job prepared before the viewer existed gets
+them made here on its first view. The lesion is read from ``work/lesion.mha`` and kept until
+the file changes (a refinement writes a new one). Entries are dropped, least recently used
+first, beyond a budget in bytes.
 """
 
 from __future__ import annotations
@@ -20,49 +21,30 @@ import numpy as np
 import SimpleITK as sitk
 
 from models.tasks import TASKS
-from service.viewer.render import Window, dose_levels
-from service.viewer.volumes import DisplayGrid, Plane, display_reference, on_display_grid
+from service.viewer.render import Window
 from worker.jobs import handoff
 from worker.jobs.folder import JobFolder
+from worker.viewer.layers import (
+    DisplayLayers,
+    build_layers,
+    description_path,
+    display_lesion,
+    load_layers,
+    save_layers,
+)
+from worker.viewer.volumes import DisplayGrid, Plane
 
 log = logging.getLogger(__name__)
 
-#: Isodose lines at these percentages of the dose maximum, in the preview's colours.
-ISODOSE_LEVELS = ((50, "#b388ff"), (80, "#3ddc3d"), (95, "#ffee00"))
 CT_BONE = Window("ct-bone", "CT bone", 400.0, 2000.0)
 CT_SOFT_TISSUE = Window("ct-soft", "CT soft tissue", 40.0, 400.0)
-MR_PERCENTILES = (1.0, 99.0)
-
-
-@dataclass(frozen=True)
-class IsodoseLevel:
-    percent: int
-    gy: float
-    colour: str
-
-
-@dataclass
-class BaseLayers:
-    """The layers that do not change once the job is prepared."""
-
-    grid: DisplayGrid
-    image: np.ndarray
-    planning: np.ndarray | None
-    dose_levels: np.ndarray | None
-    isodose: list[IsodoseLevel]
-    windows: list[Window]
-
-    @property
-    def nbytes(self) -> int:
-        arrays = (self.image, self.planning, self.dose_levels)
-        return sum(a.nbytes for a in arrays if a is not None)
 
 
 @dataclass
 class JobView:
     """A job's layers on the display grid, and what the page needs to show them."""
 
-    base: BaseLayers
+    base: DisplayLayers
     lesion: np.ndarray | None
     lesion_version: str
     task: str
@@ -84,10 +66,15 @@ class JobView:
             return "mr"
         return CT_BONE.id if self.task == "orn" else CT_SOFT_TISSUE.id
 
+    @property
+    def windows(self) -> list[Window]:
+        level, width = self.base.percentile_window
+        return [CT_BONE, CT_SOFT_TISSUE, Window("mr", "MR", level, width)]
+
     def window(self, window_id: str | None) -> Window | None:
         """The preset of that id (the default without one), or None when no preset has it."""
         wanted = window_id or self.default_window
-        return next((w for w in self.base.windows if w.id == wanted), None)
+        return next((w for w in self.windows if w.id == wanted), None)
 
     def start_voxel(self, centroid_mm: list[float] | None) -> tuple[int, int, int]:
         """Where the viewer opens: the lesion's centroid, else the dose maximum, else the centre."""
@@ -109,7 +96,7 @@ class ViewCache:
 
     def __init__(self, budget_bytes: int) -> None:
         self.budget_bytes = budget_bytes
-        self._bases: OrderedDict[Path, tuple[tuple[Any, ...], BaseLayers]] = OrderedDict()
+        self._bases: OrderedDict[Path, tuple[tuple[Any, ...], DisplayLayers]] = OrderedDict()
         self._lesions: OrderedDict[Path, tuple[tuple[Any, ...], np.ndarray | None, str]] = OrderedDict()
         self._lock = threading.Lock()
         # One loader per job at a time: a page opens with several slice requests at once.
@@ -136,14 +123,15 @@ class ViewCache:
             self._evict()
         return lesion, version
 
-    def _base(self, folder: JobFolder) -> BaseLayers:
-        signature = _base_signature(folder.work)
+    def _base(self, folder: JobFolder) -> DisplayLayers:
+        signature = _signature(description_path(folder.work))
         with self._lock:
             found = self._bases.get(folder.root)
             if found is not None and found[0] == signature:
                 self._bases.move_to_end(folder.root)
                 return found[1]
         loaded = _load_base(folder)
+        signature = _signature(description_path(folder.work))  # made just now, for an older job
         with self._lock:
             self._bases[folder.root] = (signature, loaded)
             self._evict()
@@ -178,51 +166,25 @@ def _signature(path: Path) -> tuple[int, int] | tuple[()]:
     return stat.st_mtime_ns, stat.st_size
 
 
-def _base_signature(work: Path) -> tuple[Any, ...]:
-    return tuple(_signature(work / name) for name in (handoff.FOLLOWUP, handoff.DOSE, handoff.PLANNING))
-
-
-def _load_base(folder: JobFolder) -> BaseLayers:
+def _load_base(folder: JobFolder) -> DisplayLayers:
+    try:
+        return load_layers(folder.work)
+    except FileNotFoundError:
+        pass
+    # A job prepared before the viewer existed: its layers are made once, from its images.
     work = folder.work
     followup = handoff.load_followup(work)
-    reference = display_reference(followup)
-    image = _display_array(followup, reference)
-    planning = _optional(work / handoff.PLANNING, reference)
-    dose = _optional(work / handoff.DOSE, reference)
-    isodose: list[IsodoseLevel] = []
-    levels = None
-    if dose is not None and float(dose.max()) > 0:
-        dmax = float(dose.max())
-        isodose = [IsodoseLevel(p, round(dmax * p / 100, 2), c) for p, c in ISODOSE_LEVELS]
-        levels = dose_levels(dose, [level.gy for level in isodose])
-    return BaseLayers(DisplayGrid.of(reference), image, planning, levels, isodose, _windows(image))
+    dose = _read_if_present(work / handoff.DOSE)
+    planning = _read_if_present(work / handoff.PLANNING)
+    save_layers(work, build_layers(followup, dose, planning))
+    log.info("viewer layers of job %s made from its images", folder.job_id)
+    return load_layers(work)
 
 
-def _optional(path: Path, reference: sitk.Image) -> np.ndarray | None:
-    return _display_array(sitk.ReadImage(str(path)), reference) if path.is_file() else None
-
-
-def _display_array(image: sitk.Image, reference: sitk.Image, *, labels: bool = False) -> np.ndarray:
-    array = sitk.GetArrayFromImage(on_display_grid(image, reference, labels=labels))
-    # CT in HU fits int16: half the memory of float32 for the grey layers.
-    fits_int16 = array.dtype == np.float32 and array.min() >= -32768 and array.max() <= 32767
-    if fits_int16 and not labels and np.array_equal(array, np.round(array)):
-        return array.astype(np.int16)
-    return array
+def _read_if_present(path: Path) -> sitk.Image | None:
+    return sitk.ReadImage(str(path)) if path.is_file() else None
 
 
 def _load_lesion(folder: JobFolder, grid: DisplayGrid) -> np.ndarray | None:
     path = folder.work / handoff.LESION
-    if not path.is_file():
-        return None
-    lesion = sitk.ReadImage(str(path))
-    reference = sitk.Image(list(grid.size), sitk.sitkUInt8)
-    reference.SetSpacing(grid.spacing)
-    reference.SetOrigin(grid.origin)
-    return (sitk.GetArrayFromImage(on_display_grid(lesion, reference, labels=True)) > 0).astype(np.uint8)
-
-
-def _windows(image: np.ndarray) -> list[Window]:
-    values = image.ravel()[:: max(1, image.size // 2_000_000)]
-    low, high = (float(v) for v in np.percentile(values, MR_PERCENTILES))
-    return [CT_BONE, CT_SOFT_TISSUE, Window("mr", "MR", (low + high) / 2, max(high - low, 1e-6))]
+    return display_lesion(sitk.ReadImage(str(path)), grid) if path.is_file() else None

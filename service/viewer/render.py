@@ -78,14 +78,6 @@ def isodose_slice(levels: np.ndarray, colours: Sequence[str]) -> bytes:
     return png(rgba)
 
 
-def dose_levels(dose: np.ndarray, levels_gy: Sequence[float]) -> np.ndarray:
-    """uint8 per voxel: how many of ``levels_gy`` (ascending) the dose reaches."""
-    counts = np.zeros(dose.shape, np.uint8)
-    for level in levels_gy:
-        counts += dose >= level
-    return counts
-
-
 def _rgb(colour: str) -> tuple[int, int, int]:
     value = int(colour.removeprefix("#"), 16)
     return (value >> 16) & 255, (value >> 8) & 255, value & 255

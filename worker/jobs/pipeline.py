@@ -41,6 +41,7 @@ from worker.stages.prompts import HighDoseRegion
 from worker.stages.read.case_data import CaseData, read_case
 from worker.stages.read.series import read_image_series
 from worker.stages.register.stage import RegistrationOptions
+from worker.viewer.layers import build_layers, save_layers
 
 
 def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter) -> None:
@@ -67,6 +68,8 @@ def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporte
         "warnings": [*selected.notes, *data.warnings],
     }
     handoff.save_prepared(folder.work, data.followup.image, prepared, facts)
+    # The web viewer's layers, while the images are in memory (reading them back takes seconds).
+    save_layers(folder.work, build_layers(data.followup.image, prepared.dose.image, prepared.planning_ct))
     reporter.warn([*facts["warnings"], *prepared.warnings])
     reporter.end_stage()
 

@@ -17,7 +17,7 @@ from service.api.errors import problem_responses
 from service.jobs import JOBS_PATH
 from service.schemas import ViewPublic
 from service.viewer.jobview import ViewCache
-from service.viewer.volumes import Plane
+from worker.viewer.volumes import Plane
 
 router = APIRouter(prefix=JOBS_PATH, tags=["viewer"], responses=problem_responses(401, 403, 404, 409, 422))
 

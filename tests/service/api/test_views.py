@@ -26,7 +26,6 @@ from pydantic import SecretStr
 from service.api.auth import hash_api_key
 from service.config import Settings
 from service.main import create_app
-from service.viewer.volumes import DisplayGrid, Plane, display_reference, on_display_grid
 from service.views import Layer
 from tests.service.api.conftest import (
     API_KEY,
@@ -42,6 +41,8 @@ from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
 from worker.runtime import get_runtime
 from worker.stages.export.files import OUTPUT_FILES
+from worker.viewer.layers import VIEW_FOLDER
+from worker.viewer.volumes import DisplayGrid, Plane, display_reference, on_display_grid
 
 pytestmark = pytest.mark.slow
 
@@ -344,15 +345,21 @@ def test_the_view_needs_a_key(view_client: TestClient, finished: Job) -> None:
     assert_problem(view_client.get(finished.slice_path("axial", 0)), 401, "unauthorized")
 
 
-def test_without_the_planning_ct_on_the_followup_there_is_no_planning_layer(
+def test_a_job_prepared_before_the_viewer_gets_its_layers_on_first_view_without_planning(
     view_client: TestClient, copy_of_finished: Job
 ) -> None:
-    index = view_of(view_client, copy_of_finished)["planes"]["axial"]["start"]
-    assert view_of(view_client, copy_of_finished)["layers"]["planning"] is True
+    work = copy_of_finished.folder.work
+    before = view_of(view_client, copy_of_finished)
+    assert before["layers"]["planning"] is True
+    index = before["planes"]["axial"]["start"]
 
-    (copy_of_finished.folder.work / handoff.PLANNING).unlink()
+    # What a job prepared before the viewer existed has: images, no view/, no planning CT on it.
+    shutil.rmtree(work / VIEW_FOLDER)
+    (work / handoff.PLANNING).unlink()
 
     view = view_of(view_client, copy_of_finished)
+    assert (work / VIEW_FOLDER / "view.json").is_file(), "the layers are made once, on first view"
+    assert view["grid"] == before["grid"] and view["isodose"] == before["isodose"]
     assert view["layers"] == {"lesion": True, "isodose": True, "planning": False}
     for layer in ("planning", "checkerboard"):
         response = view_client.get(

@@ -13,7 +13,6 @@ from service.viewer.render import (
     LESION_FILL_ALPHA,
     Window,
     checkerboard_slice,
-    dose_levels,
     grey_slice,
     isodose_slice,
     lesion_slice,
@@ -94,12 +93,6 @@ def test_isodose_lines_lie_on_the_band_edges_only() -> None:
     assert not pixels[..., 3][~(outer | inner)].any(), "inside a band and outside: transparent"
     assert (pixels[outer][:, :3] == (0xB3, 0x88, 0xFF)).all()
     assert (pixels[inner][:, :3] == (0x3D, 0xDC, 0x3D)).all()
-
-
-def test_dose_levels_count_the_levels_reached() -> None:
-    dose = np.array([0.0, 29.9, 30.0, 55.0, 70.0])
-
-    assert dose_levels(dose, [30.0, 50.0, 66.5]).tolist() == [0, 0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("shape", [(16, 16), (16, 24)])

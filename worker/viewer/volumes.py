@@ -103,6 +103,8 @@ def _clip(value: int, count: int) -> int:
 
 def display_reference(followup: sitk.Image) -> sitk.Image:
     """An empty image on the display grid of ``followup`` (only its geometry is used)."""
+    if _is_identity(followup.GetDirection()):
+        return _geometry_only(followup)
     oriented = sitk.DICOMOrient(_geometry_only(followup), "LPS")
     if _is_identity(oriented.GetDirection()):
         return oriented
@@ -115,9 +117,11 @@ def on_display_grid(image: sitk.Image, reference: sitk.Image, *, labels: bool = 
     Reordered without interpolation where the grids' voxels coincide; resampled otherwise
     (nearest neighbour for ``labels``, linear for intensities; outside the image: its minimum).
     """
-    oriented = sitk.DICOMOrient(image, "LPS")
+    # Most follow-ups are stored in LPS order already: no reordering (and no copy) then.
+    oriented = image if _is_identity(image.GetDirection()) else sitk.DICOMOrient(image, "LPS")
     if _same_grid(oriented, reference):
-        oriented.SetOrigin(reference.GetOrigin())  # equal within rounding: one origin for every layer
+        if oriented is not image:  # never change the caller's image
+            oriented.SetOrigin(reference.GetOrigin())  # equal within rounding: one origin for all layers
         return oriented
     interpolator = sitk.sitkNearestNeighbor if labels else sitk.sitkLinear
     outside = 0.0 if labels else float(np.min(sitk.GetArrayViewFromImage(image)))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from service.viewer.volumes import DisplayGrid, Plane, display_reference, on_display_grid, plane_slice
+from worker.viewer.volumes import DisplayGrid, Plane, display_reference, on_display_grid, plane_slice
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 MARKER = 100.0
