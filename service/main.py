@@ -65,6 +65,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "every job. Errors are RFC 9457 problems (`application/problem+json`)."
         ),
         generate_unique_id_function=_operation_id,
+        # Swagger UI and ReDoc load their scripts from a CDN, which a hospital network does not
+        # reach; the contract stays at /openapi.json, and the web viewer is at /ui/.
+        docs_url=None,
+        redoc_url=None,
         lifespan=_lifespan,
     )
     database = Database(settings.sqlalchemy_url)

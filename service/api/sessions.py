@@ -53,7 +53,7 @@ class Session:
         return _mac(secret, b"csrf:" + self.session_id.encode("ascii"))
 
     def csrf_matches(self, secret: bytes, presented: str | None) -> bool:
-        return presented is not None and hmac.compare_digest(self.csrf_token(secret), presented)
+        return presented is not None and _same_text(self.csrf_token(secret), presented)
 
 
 def new_session(key_hash: str, lifetime_s: int, now: float | None = None) -> Session:
@@ -73,12 +73,12 @@ def decode_cookie(value: str | None, secret: bytes, now: float | None = None) ->
     if not value or value.count(".") != 1 or len(value) > 1024:
         return None
     payload, mac = value.split(".")
-    if not hmac.compare_digest(_mac(secret, payload.encode("ascii", "replace")), mac):
+    if not _same_text(_mac(secret, payload.encode("utf-8", "replace")), mac):
         return None
     try:
         document = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         session = Session(str(document["k"]), int(document["e"]), str(document["s"]))
-    except (ValueError, KeyError, TypeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error):
         return None
     if session.expires_at <= (time.time() if now is None else now):
         return None
@@ -113,6 +113,12 @@ def _read_secret(path: Path) -> bytes:
             return text.encode("ascii")
         time.sleep(0.01)  # another process made the file and is writing it
     raise RuntimeError(f"{path.name} under the storage root is empty; delete it to make a new one")
+
+
+def _same_text(expected: str, presented: str) -> bool:
+    """Constant-time comparison of strings from the client, which may hold any character
+    (``hmac.compare_digest`` refuses non-ASCII ``str``; bytes it compares)."""
+    return hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8", "replace"))
 
 
 def _b64(data: bytes) -> str:

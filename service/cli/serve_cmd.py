@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(settings)
     worker = _start_worker(settings, worker_loglevel(args)) if settings.embedded else None
     address = f"{scheme}://{args.host}:{args.port}"
-    say(f"rtinjury API on {address} (OpenAPI at /docs); storage {settings.storage_root}")
+    say(f"rtinjury on {address} (web viewer at /, API at /v1); storage {settings.storage_root}")
     if worker is not None:
         say(f"worker: embedded (pid {worker.pid}), queue under the storage root")
     else:

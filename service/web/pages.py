@@ -18,10 +18,18 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from service import jobs
-from service.api.deps import PageOffset, SessionDep, SettingsDep, get_session_secret
+from service.api.deps import SessionDep, SettingsDep, get_session_secret
 from service.api.errors import LOGIN_PATH, ServiceProblem
 from service.db import JobRecord
-from service.web.session import HOME_PATH, LoginRefused, log_in, log_out, page_session, safe_next
+from service.web.session import (
+    HOME_PATH,
+    LoginRefused,
+    current_session,
+    log_in,
+    log_out,
+    page_session,
+    safe_next,
+)
 from worker.jobs import handoff
 from worker.jobs.folder import JobFolder
 from worker.jobs.status import JobState, JobStatus
@@ -50,6 +58,8 @@ STATIC_FILES = {"app.css": "text/css", "viewer.js": "text/javascript"}
 #: Served without a session: the login page's look.
 PUBLIC_STATIC = frozenset({"app.css"})
 JOBS_PER_PAGE = 50
+#: Keys are 43 characters (``rtinjury keys new``); anything this long is not one.
+MAX_KEY_LENGTH = 512
 
 
 def page(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
@@ -76,11 +86,14 @@ def login_page(request: Request, next: str | None = None) -> HTMLResponse:
 
 @router.post(LOGIN_PATH)
 def login(
-    request: Request, api_key: Annotated[str, Form(max_length=512)], next: Annotated[str, Form()] = HOME_PATH
+    request: Request, api_key: Annotated[str, Form()] = "", next: Annotated[str, Form()] = HOME_PATH
 ) -> Response:
     target = safe_next(next)
     response = RedirectResponse(target, status_code=303)
     try:
+        # An empty or absurdly long key is refused like a wrong one: on the page, not as a 422.
+        if not api_key.strip() or len(api_key) > MAX_KEY_LENGTH:
+            raise LoginRefused
         log_in(request, response, api_key)
     except LoginRefused:
         error = "This key is not valid here, or it may not read jobs."
@@ -90,9 +103,10 @@ def login(
 
 
 @router.post("/ui/logout")
-def logout(request: Request, csrf_token: Annotated[str, Form(max_length=128)] = "") -> Response:
-    _, session = page_session(request)
-    if not session.csrf_matches(get_session_secret(request), csrf_token):
+def logout(request: Request, csrf_token: Annotated[str, Form()] = "") -> Response:
+    session = current_session(request)
+    if session is not None and not session.csrf_matches(get_session_secret(request), csrf_token):
+        # Another site's form: the session stays.
         return RedirectResponse(HOME_PATH, status_code=303)
     response = RedirectResponse(LOGIN_PATH, status_code=303)
     log_out(response)
@@ -117,25 +131,25 @@ class JobRow:
 
 @router.get("/ui/jobs")
 def job_list(
-    request: Request,
-    session: SessionDep,
-    settings: SettingsDep,
-    state: JobState | None = None,
-    offset: PageOffset = 0,
+    request: Request, session: SessionDep, settings: SettingsDep, state: str = "", offset: str = "0"
 ) -> HTMLResponse:
+    """The caller's jobs (an admin's: everyone's), newest first, 50 a page."""
     caller, web_session = page_session(request)
+    # A hand-edited address shows the whole list rather than an error.
+    wanted = JobState(state) if state in {s.value for s in JobState} else None
+    skipped = int(offset) if offset.isdecimal() and len(offset) < 10 else 0
     metrics = request.app.state.metrics
     listed = jobs.list_jobs(
-        session, settings, metrics, owner=caller.tenant, state=state, limit=JOBS_PER_PAGE, offset=offset
+        session, settings, metrics, owner=caller.tenant, state=wanted, limit=JOBS_PER_PAGE, offset=skipped
     )
     rows = [_job_row(record, settings.storage_root) for record in listed.records]
     context = {
         **_common(request, caller, web_session),
         "rows": rows,
         "count": listed.count,
-        "offset": offset,
+        "offset": skipped,
         "per_page": JOBS_PER_PAGE,
-        "state": state.value if state else "",
+        "state": wanted.value if wanted else "",
         "states": [s.value for s in JobState],
     }
     return page(request, "jobs.html", context)

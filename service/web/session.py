@@ -38,7 +38,8 @@ def page_session(request: Request) -> tuple[Caller, Session]:
     session = decode_cookie(request.cookies.get(COOKIE_NAME), get_session_secret(request))
     caller = caller_of_hash(session.key_hash, accepted_keys(settings)) if session is not None else None
     if session is None or caller is None or not caller.may(Scope.READ):
-        raise LoginRequired(safe_next(request.url.path))
+        query = f"?{request.url.query}" if request.url.query else ""
+        raise LoginRequired(safe_next(request.url.path + query))
     request.state.caller = caller
     return caller, session
 
@@ -74,8 +75,17 @@ def log_out(response: Response) -> None:
     response.delete_cookie(COOKIE_NAME, path="/", httponly=True, samesite="strict")
 
 
+#: Not pages to come back to: the static files and the log-out action.
+_NOT_PAGES = ("/ui/static/", "/ui/logout", "/ui/login")
+
+
 def safe_next(path: str | None) -> str:
     """Where to go after logging in: one of our own pages, never another site (``//host``)."""
-    if not path or not path.startswith("/ui/") or path.startswith("//") or "\\" in path:
+    if not path or not path.startswith("/ui/") or "\\" in path or path.startswith(_NOT_PAGES):
         return HOME_PATH
     return path
+
+
+def current_session(request: Request) -> Session | None:
+    """The request's valid session, or None (no redirect: for the log-out action)."""
+    return decode_cookie(request.cookies.get(COOKIE_NAME), get_session_secret(request))

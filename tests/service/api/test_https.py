@@ -85,7 +85,7 @@ def test_serve_answers_over_https_only(tmp_path: Path) -> None:
             process.kill()
             raise
     assert process.returncode == 0, err
-    assert f"rtinjury API on https://127.0.0.1:{port}" in out
+    assert f"rtinjury on https://127.0.0.1:{port}" in out
 
 
 def test_serve_refuses_a_key_of_another_certificate_with_one_line(tmp_path: Path) -> None:
