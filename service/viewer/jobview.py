@@ -69,7 +69,8 @@ class JobView:
     @property
     def windows(self) -> list[Window]:
         level, width = self.base.percentile_window
-        return [CT_BONE, CT_SOFT_TISSUE, Window("mr", "MR", level, width)]
+        # The percentile window suits MR, and any scan whose values carry no fixed meaning.
+        return [CT_BONE, CT_SOFT_TISSUE, Window("mr", "MR / auto (1st–99th percentile)", level, width)]
 
     def window(self, window_id: str | None) -> Window | None:
         """The preset of that id (the default without one), or None when no preset has it."""
