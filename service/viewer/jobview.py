@@ -154,9 +154,11 @@ class ViewCache:
             self._loading.pop(oldest, None)
 
     def forget(self, folder: JobFolder) -> None:
+        """Drop a job's entries (it was deleted)."""
         with self._lock:
             self._bases.pop(folder.root, None)
             self._lesions.pop(folder.root, None)
+            self._loading.pop(folder.root, None)
 
 
 def _signature(path: Path) -> tuple[int, int] | tuple[()]:

@@ -27,6 +27,7 @@ from service.api.deps import (
 from service.api.errors import problem_responses
 from service.keys import Scope
 from service.schemas import JobCreateForm, JobPublic, JobsPublic, RefineRequest
+from worker.jobs.folder import JobFolder
 from worker.jobs.status import JobState
 from worker.stages.export.files import MEDIA_TYPES
 
@@ -135,10 +136,17 @@ def read_result(
     responses=_problems(404, 409),
 )
 def delete_job(
-    job_id: str, session: SessionDep, settings: SettingsDep, metrics: MetricsDep, caller: SubmitterDep
+    job_id: str,
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    caller: SubmitterDep,
 ) -> Response:
     """Delete a finished job's files (its record stays for the audit trail; the job answers 404)."""
     jobs.delete_job(session, settings, metrics, job_id, tenant=caller.tenant)
+    # The viewer's copy of its images goes too (memory the job no longer needs).
+    request.app.state.view_cache.forget(JobFolder.under(settings.storage_root, job_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
