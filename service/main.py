@@ -25,7 +25,7 @@ from service.config import Settings, get_settings
 from service.db import Database
 from service.metrics import ServiceMetrics
 from service.viewer.jobview import ViewCache
-from service.web import pages
+from service.web import audit_pages, pages
 
 OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi" / "openapi.json"
 
@@ -89,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(audit.router)
     app.include_router(pages.router)
+    app.include_router(audit_pages.router)
     return app
 
 

@@ -54,7 +54,7 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 #: The static files, by name: nothing else under the package can be asked for.
-STATIC_FILES = {"app.css": "text/css", "viewer.js": "text/javascript"}
+STATIC_FILES = {"app.css": "text/css", "audit.css": "text/css", "viewer.js": "text/javascript"}
 #: Served without a session: the login page's look.
 PUBLIC_STATIC = frozenset({"app.css"})
 JOBS_PER_PAGE = 50

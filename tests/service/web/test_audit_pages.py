@@ -30,7 +30,6 @@ from service.api.auth import hash_api_key
 from service.api.sessions import COOKIE_NAME
 from service.config import Settings
 from service.main import create_app
-from service.web import audit_pages
 from tests.service.cli.runner import rtinjury
 from worker.audit.tables import read_audit_csv
 
@@ -101,10 +100,7 @@ def _settings(storage: Path, audits: Path) -> Settings:
 
 
 def _app(settings: Settings) -> FastAPI:
-    app = create_app(settings)
-    if not any(getattr(route, "path", "") == "/ui/audits" for route in app.routes):
-        app.include_router(audit_pages.router)  # until service/main.py includes it
-    return app
+    return create_app(settings)
 
 
 @pytest.fixture

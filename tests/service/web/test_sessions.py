@@ -610,6 +610,10 @@ def fill(template: str, job_id: str) -> str:
         "name": "viewer.js" if template.startswith("/ui/static/") else "seg",
         "plane": "axial",
         "index": "0",
+        # The audit pages: an audit, a patient alias, a follow-up and one of its files.
+        "patient": "pt-0123456789",
+        "item": "2021-04-01_orn_4ff6663e",
+        "file": "seg.dcm",
     }
     path = template
     for name, value in values.items():
