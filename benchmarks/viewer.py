@@ -22,18 +22,12 @@ import argparse
 import dataclasses
 import io
 import json
-import os
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +41,10 @@ from models.synth import write_synthetic_patients
 from models.synth.geometry import Grid
 from models.synth.params import sample_case
 from models.synth.patient import write_case
+from tests.serving import CHROMIUM, CHROMIUM_ARGS, embedded_serve
 
 TARGET_MS = 1000.0
 API_KEY = "benchmark-key-0123456789abcdefghij"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 #: The issue's follow-up: 512×512 pixels, 150 slices (shape is slices, rows, columns). The
 #: spacing keeps the "full" ORN follow-up's field of view (256 × 0.8 mm, 120 × 1 mm).
 CLINICAL_SHAPE = (150, 512, 512)
@@ -110,7 +95,7 @@ def main() -> int:
         started = time.perf_counter()
         patient = write_patient(scratch / "patient", args.size, args.seed)
         say(f"patient: ORN, follow-up {args.size}, written in {time.perf_counter() - started:.1f} s")
-        with running_server(scratch / "storage", scratch / "serve.log") as url:
+        with embedded_serve(scratch / "storage", scratch / "serve.log", API_KEY, ready_within_s=120) as url:
             job_id, job_s = run_job(url, patient)
             say(f"job {job_id} succeeded in {job_s:.1f} s")
             summary = measure(url, job_id, args.runs, args.chromium)
@@ -174,35 +159,6 @@ def zip_folder(folder: Path) -> bytes:
 
 
 # --- the server and the job ----------------------------------------------------------------------
-
-
-@contextmanager
-def running_server(storage: Path, log: Path) -> Iterator[str]:
-    """``rtinjury serve`` (embedded worker, no Redis) on a free loopback port; its URL."""
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RTINJURY_")}
-    env |= {"RTINJURY_STORAGE_ROOT": str(storage), "RTINJURY_API_KEY": API_KEY}
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli.main", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_ready(url, server, log)
-        yield url
-    finally:
-        # Ctrl-C: on SIGTERM uvicorn dies before it has stopped its embedded worker.
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
 
 
 def run_job(url: str, patient: Path) -> tuple[str, float]:
@@ -370,26 +326,6 @@ def _rounded(value: float | None) -> float | None:
 def _median(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return round(statistics.median(known), 1) if known else None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_ready(url: str, server: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"rtinjury serve exited:\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("rtinjury serve did not answer within 120 s")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,6 @@ from __future__ import annotations
 import glob
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,20 +23,10 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Error, Page, ViewportSize, sync_playwright
 
 from tests.service.api.conftest import zip_folders
+from tests.serving import CHROMIUM, CHROMIUM_ARGS, embedded_serve, log_tail
 
 REPO = Path(__file__).resolve().parents[2]
 API_KEY = "web-e2e-key-0123456789abcdefghij"
-CHROMIUM = Path("/usr/bin/chromium")
-#: No sandbox (tests may run as root in a container), no GPU, and nothing that calls out.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 VIEWPORT: ViewportSize = {"width": 1600, "height": 1000}
 JOB_TIMEOUT_S = 240.0
 
@@ -53,8 +39,8 @@ class Served:
     storage: Path
     log: Path
 
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log.read_text(errors="replace")[-chars:]
+    def log_tail(self) -> str:
+        return log_tail(self.log)
 
 
 @dataclass(frozen=True)
@@ -73,31 +59,8 @@ class FinishedJob:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     root = tmp_path_factory.mktemp("web")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RTINJURY_")}
-    env |= {"RTINJURY_STORAGE_ROOT": str(root / "storage"), "RTINJURY_API_KEY": API_KEY}
-    port = _free_port()
-    log = root / "serve.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli.main", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-        )
-    server = Served(f"http://127.0.0.1:{port}", root / "storage", log)
-    try:
-        _wait_for_health(server, process)
-        yield server
-    finally:
-        # Ctrl-C, not SIGTERM: on SIGTERM uvicorn re-raises the signal once it has shut down and
-        # the process dies before it stops its embedded worker (see tests/fuzz/test_schemathesis.py).
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+    with embedded_serve(root / "storage", root / "serve.log", API_KEY) as url:
+        yield Served(url, root / "storage", root / "serve.log")
 
 
 @pytest.fixture(scope="module")
@@ -205,26 +168,6 @@ def log_in(page: Page, served: Served, next_path: str) -> None:
 
 def _file_safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_for_health(server: Served, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"rtinjury serve exited:\n{server.log_tail()}")
-        try:
-            if httpx.get(f"{server.url}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"rtinjury serve did not answer /healthz within 90 s:\n{server.log_tail()}")
 
 
 def _wait_until_finished(client: httpx.Client, job_id: str, served: Served) -> dict[str, Any]:
