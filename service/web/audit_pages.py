@@ -17,11 +17,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, HTMLResponse
 from markupsafe import Markup
 
-from service.api.deps import SettingsDep, get_session_secret
+from service.api.deps import SettingsDep
 from service.web import audits
 from service.web.audit_report import read_report
 from service.web.audits import AuditNotFound
-from service.web.pages import SECURITY_HEADERS, page
+from service.web.pages import SECURITY_HEADERS, page, page_context
 from service.web.session import page_session
 from service.web.volume_plot import volume_svg
 from worker.audit.rows import SUCCEEDED
@@ -141,10 +141,7 @@ def _admin_context(request: Request) -> tuple[dict[str, Any], HTMLResponse | Non
         No valid session (answered by a redirect to the login page).
     """
     caller, web_session = page_session(request)
-    context: dict[str, Any] = {
-        "caller": caller,
-        "csrf_token": web_session.csrf_token(get_session_secret(request)),
-    }
+    context = page_context(request, caller, web_session)
     if caller.is_admin:
         return context, None
     log.info("audit pages refused to key %s (no admin scope)", caller.owner)

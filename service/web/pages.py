@@ -18,8 +18,10 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 
 from service import jobs
+from service.api.auth import Caller
 from service.api.deps import SessionDep, SettingsDep, get_session_secret
 from service.api.errors import LOGIN_PATH, ServiceProblem
+from service.api.sessions import Session
 from service.db import JobRecord
 from service.web.session import (
     HOME_PATH,
@@ -144,7 +146,7 @@ def job_list(
     )
     rows = [_job_row(record, settings.storage_root) for record in listed.records]
     context = {
-        **_common(request, caller, web_session),
+        **page_context(request, caller, web_session),
         "rows": rows,
         "count": listed.count,
         "offset": skipped,
@@ -162,10 +164,14 @@ def job_page(request: Request, job_id: str, session: SessionDep, settings: Setti
     try:
         record = jobs.get_job(session, settings, metrics, job_id, tenant=caller.tenant)
     except ServiceProblem as problem:
-        context = {**_common(request, caller, web_session), "title": "No such job", "detail": str(problem)}
+        context = {
+            **page_context(request, caller, web_session),
+            "title": "No such job",
+            "detail": str(problem),
+        }
         return page(request, "error.html", context, status_code=404)
     context = {
-        **_common(request, caller, web_session),
+        **page_context(request, caller, web_session),
         "job": jobs.job_public(record, settings),
         "row": _job_row(record, settings.storage_root),
         "results": list(OUTPUT_FILES),
@@ -185,7 +191,8 @@ def static_file(request: Request, name: str) -> Response:
     return response
 
 
-def _common(request: Request, caller: Any, web_session: Any) -> dict[str, Any]:
+def page_context(request: Request, caller: Caller, web_session: Session) -> dict[str, Any]:
+    """What every page of a signed-in caller shows: who, and the token of its forms."""
     return {
         "caller": caller,
         "csrf_token": web_session.csrf_token(get_session_secret(request)),
