@@ -42,6 +42,9 @@ class Settings(WorkerSettings):
     #: Signs the web viewer's session cookies; unset means a random secret kept in
     #: ``<storage_root>/session-secret`` (shared by every API process on that storage).
     session_secret: SecretStr | None = None
+    #: Mark the session cookie ``Secure`` (sent over HTTPS only). Unset: when the request came
+    #: over HTTPS; set it true behind a proxy that terminates TLS (the API then sees HTTP).
+    session_cookie_secure: bool | None = None
     #: How long a web login lasts before the key must be entered again.
     session_lifetime_s: int = Field(default=8 * 3600, ge=60, le=30 * 24 * 3600)
     #: Folders of ``rtinjury audit --out`` results the web viewer lists (one audit per

@@ -175,7 +175,7 @@ class StudiesPublic(BaseModel):
     offset: int
 
 
-AuditAction = Literal["submit", "list", "read", "download", "refine", "deliver", "delete"]
+AuditAction = Literal["submit", "list", "read", "view", "download", "refine", "deliver", "delete"]
 
 
 class AuditEventPublic(BaseModel):

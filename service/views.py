@@ -22,7 +22,7 @@ from service.viewer import render
 from service.viewer.jobview import JobView, ViewCache
 from worker.jobs import handoff
 from worker.jobs.folder import JobFolder
-from worker.jobs.spec import ClickSpec, Task
+from worker.jobs.spec import Task
 from worker.jobs.status import JobStatus
 from worker.stages.export.files import OUTPUT_FILES
 from worker.viewer.volumes import Plane, plane_slice
@@ -82,7 +82,7 @@ def view_public(view: JobView, status: JobStatus, folder: JobFolder, job_id: str
         lesion_colour=view.lesion_colour,
         version=view.lesion_version,
         refinements=status.refinements,
-        clicks=[ClickSpec.model_validate(c) for c in view.clicks],
+        clicks=handoff.load_clicks(folder.work),
     )
 
 

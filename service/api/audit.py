@@ -31,6 +31,9 @@ ACTIONS: dict[tuple[str, str], str] = {
     ("GET", JOBS_PATH): "list",
     ("GET", f"{JOBS_PATH}/{{job_id}}"): "read",
     ("GET", f"{JOBS_PATH}/{{job_id}}/results/{{name}}"): "download",
+    # Opening a job's images in the viewer; its slices (dozens a second while scrolling) are not
+    # rows of their own.
+    ("GET", f"{JOBS_PATH}/{{job_id}}/view"): "view",
     ("POST", f"{JOBS_PATH}/{{job_id}}/refine"): "refine",
     ("POST", f"{JOBS_PATH}/{{job_id}}/deliver"): "deliver",
     ("DELETE", f"{JOBS_PATH}/{{job_id}}"): "delete",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,6 @@ class JobView:
     lesion_version: str
     task: str
     modality: str
-    clicks: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def grid(self) -> DisplayGrid:
@@ -104,12 +103,11 @@ class ViewCache:
         self._loading: dict[Path, threading.Lock] = {}
 
     def view(self, folder: JobFolder, task: str, modality: str) -> JobView:
-        """The job's view (its ``work/followup.mha`` must exist: the job has been prepared)."""
+        """The job's view (its ``work/view/`` must exist, or its images: the job has been prepared)."""
         with self._loader(folder.root):
             base = self._base(folder)
             lesion, version = self._lesion(folder, base.grid)
-        clicks = [c.model_dump() for c in handoff.load_clicks(folder.work)]
-        return JobView(base, lesion, version, task, modality, clicks)
+        return JobView(base, lesion, version, task, modality)
 
     def _lesion(self, folder: JobFolder, grid: DisplayGrid) -> tuple[np.ndarray | None, str]:
         signature = _signature(folder.work / handoff.LESION)
@@ -120,8 +118,8 @@ class ViewCache:
         lesion = _load_lesion(folder, grid)
         version = f"{signature[0]:x}-{signature[1]:x}" if signature else "none"
         with self._lock:
-            self._lesions[folder.root] = (signature, lesion, version)
-            self._evict()
+            if folder.root in self._bases:  # not when its base was evicted meanwhile: none would evict it
+                self._lesions[folder.root] = (signature, lesion, version)
         return lesion, version
 
     def _base(self, folder: JobFolder) -> DisplayLayers:
@@ -174,12 +172,12 @@ def _load_base(folder: JobFolder) -> DisplayLayers:
         return load_layers(folder.work)
     except FileNotFoundError:
         pass
-    # A job prepared before the viewer existed: its layers are made once, from its images.
+    # A job prepared before the viewer existed: its layers are made once, from its images (it
+    # kept no planning CT on the follow-up, so it has no registration review).
     work = folder.work
     followup = handoff.load_followup(work)
     dose = _read_if_present(work / handoff.DOSE)
-    planning = _read_if_present(work / handoff.PLANNING)
-    save_layers(work, build_layers(followup, dose, planning))
+    save_layers(work, build_layers(followup, dose, None))
     log.info("viewer layers of job %s made from its images", folder.job_id)
     return load_layers(work)
 

@@ -60,6 +60,8 @@ STATIC_FILES = {"app.css": "text/css", "audit.css": "text/css", "viewer.js": "te
 #: Served without a session: the login page's look.
 PUBLIC_STATIC = frozenset({"app.css"})
 JOBS_PER_PAGE = 50
+#: What browsers say (``Sec-Fetch-Site``) of a request sent by another site's page.
+FOREIGN_SITES = frozenset({"cross-site", "same-site"})
 #: Keys are 43 characters (``rtinjury keys new``); anything this long is not one.
 MAX_KEY_LENGTH = 512
 
@@ -91,6 +93,10 @@ def login(
     request: Request, api_key: Annotated[str, Form()] = "", next: Annotated[str, Form()] = HOME_PATH
 ) -> Response:
     target = safe_next(next)
+    if request.headers.get("sec-fetch-site") in FOREIGN_SITES:
+        # Another site's form would log this browser in with a key of that site's choosing.
+        error = "Log in from this server's own login page."
+        return page(request, "login.html", {"next": target, "error": error}, status_code=403)
     response = RedirectResponse(target, status_code=303)
     try:
         # An empty or absurdly long key is refused like a wrong one: on the page, not as a 422.

@@ -64,11 +64,17 @@ def log_in(request: Request, response: Response, key: str) -> None:
         encode_cookie(session, get_session_secret(request)),
         max_age=settings.session_lifetime_s,
         path="/",
-        secure=request.url.scheme == "https",
+        secure=_secure_cookie(request, settings),
         httponly=True,
         samesite="strict",
     )
     log.info("web login of owner %s", caller.owner)
+
+
+def _secure_cookie(request: Request, settings: Settings) -> bool:
+    if settings.session_cookie_secure is not None:
+        return settings.session_cookie_secure
+    return request.url.scheme == "https"
 
 
 def log_out(response: Response) -> None:

@@ -29,8 +29,6 @@ if TYPE_CHECKING:
 
 FOLLOWUP = "followup.mha"
 DOSE = "dose-on-followup.mha"
-#: The planning CT on the follow-up grid, for the viewer's registration review.
-PLANNING = "planning-on-followup.mha"
 TRANSFORM = "planning-to-followup.h5"
 PREPARED = "prepared.json"
 LESION = "lesion.mha"
@@ -45,8 +43,6 @@ def save_prepared(work: Path, followup: sitk.Image, prepared: PreparedCase, fact
     work.mkdir(parents=True, exist_ok=True)
     _write_image(followup, work / FOLLOWUP)
     _write_image(sitk.Cast(prepared.dose.image, sitk.sitkFloat32), work / DOSE)
-    if prepared.planning_ct is not None:
-        _write_image(prepared.planning_ct, work / PLANNING)
     sitk.WriteTransform(prepared.registration.transform, str(work / TRANSFORM))
     registration = prepared.registration
     document = {

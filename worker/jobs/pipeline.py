@@ -12,12 +12,12 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import SimpleITK as sitk
 
 from models.errors import CodedError, ModelError
+from models.files import replace_folder
 from models.predictor import Predictor
 from models.prompt_text import ClinicalContext, text_prompt
 from worker.jobs import handoff
@@ -67,9 +67,10 @@ def prepare(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporte
         # Warnings of reading; the region's own warnings travel with the prepared case.
         "warnings": [*selected.notes, *data.warnings],
     }
-    handoff.save_prepared(folder.work, data.followup.image, prepared, facts)
-    # The web viewer's layers, while the images are in memory (reading them back takes seconds).
+    # The web viewer's layers, while the images are in memory (reading them back takes seconds);
+    # before prepared.json, which tells the API that the job's images can be viewed.
     save_layers(folder.work, build_layers(data.followup.image, prepared.dose.image, prepared.planning_ct))
+    handoff.save_prepared(folder.work, data.followup.image, prepared, facts)
     reporter.warn([*facts["warnings"], *prepared.warnings])
     reporter.end_stage()
 
@@ -188,19 +189,9 @@ def export(folder: JobFolder, settings: WorkerSettings, reporter: StatusReporter
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # half a set of outputs; its space is wanted back
         raise
-    _replace_folder(staging, folder.outputs)
+    replace_folder(staging, folder.outputs)
     reporter.end_stage()
     return exported.report
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    # Two renames: readers see the old outputs or the new ones, never a mix of both.
-    old = target.with_name(f"{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 #: What goes to a DICOM destination (the report and preview stay on the API).

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from models.files import write_atomically
+from models.files import replace_folder, write_atomically
 from worker.viewer.volumes import DisplayGrid, display_reference, on_display_grid
 
 VIEW_FOLDER = "view"
@@ -97,9 +98,9 @@ def dose_levels(dose: np.ndarray, levels_gy: list[float]) -> np.ndarray:
 def save_layers(work: Path, layers: DisplayLayers) -> None:
     """Write ``work/view/``, whole or not at all (built aside, then renamed into place)."""
     target = work / VIEW_FOLDER
-    staging = work / f".{VIEW_FOLDER}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    work.mkdir(parents=True, exist_ok=True)
+    # A folder of its own: an API process making the view of an older job may write beside us.
+    staging = Path(tempfile.mkdtemp(prefix=f".{VIEW_FOLDER}.", suffix=".partial", dir=work))
     try:
         np.save(staging / IMAGE, layers.image)
         if layers.planning is not None:
@@ -107,8 +108,7 @@ def save_layers(work: Path, layers: DisplayLayers) -> None:
         if layers.dose_levels is not None:
             np.save(staging / DOSE_LEVELS, layers.dose_levels)
         write_atomically(staging / DESCRIPTION, json.dumps(_description(layers), indent=2).encode("utf-8"))
-        shutil.rmtree(target, ignore_errors=True)
-        staging.rename(target)
+        replace_folder(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # half a view is no use; its space is wanted back
         raise
@@ -161,9 +161,11 @@ def _grey(image: sitk.Image, reference: sitk.Image) -> np.ndarray:
 
 
 def _whole_numbers_in_int16(array: np.ndarray) -> bool:
-    # A strided sample decides: rescaled CT is integral everywhere or (MR) almost nowhere.
+    if array.min() < -32768 or array.max() > 32767:
+        return False
+    # A strided sample decides integrality: rescaled CT is integral everywhere, MR almost nowhere.
     sample = array.ravel()[:: max(1, array.size // 1_000_000)]
-    return bool(sample.min() >= -32768 and sample.max() <= 32767 and np.all(sample == np.round(sample)))
+    return bool(np.all(sample == np.round(sample)))
 
 
 def _percentile_window(image: np.ndarray) -> tuple[float, float]:

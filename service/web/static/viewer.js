@@ -20,6 +20,7 @@
   };
   const MAX_STAGE_PX = 380;
   const POLL_MS = 1000;
+  const MAX_POLL_MS = 5000;
 
   const state = {
     view: null,
@@ -280,12 +281,13 @@
     }
   }
 
+  // Every poll is a row of the audit trail: ask often at first, then less and less.
   async function waitForJob() {
-    for (;;) {
+    for (let wait = POLL_MS; ; wait = Math.min(wait * 1.5, MAX_POLL_MS)) {
       const job = await getJson(api);
       showJob(job);
       if (job.state === "succeeded" || job.state === "failed") return job;
-      await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+      await new Promise((resolve) => setTimeout(resolve, wait));
     }
   }
 
@@ -304,8 +306,25 @@
   async function reloadView() {
     state.view = await getJson(`${api}/view`);
     root.dataset.version = state.view.version;
+    showLayerControls();
     await renderAll();
     await showReport();
+  }
+
+  // What the job has now: a page opened while it was running gets its lesion later.
+  function showLayerControls() {
+    document.getElementById("toggle-lesion").disabled = !state.view.layers.lesion;
+    document.getElementById("toggle-isodose").disabled = !state.view.layers.isodose;
+    document.getElementById("qa-mode").disabled = !state.view.layers.planning;
+    document.getElementById("refine-panel").hidden = !state.view.layers.lesion;
+  }
+
+  // A job still running when the page opened: show what it has, and the rest once it is done.
+  async function followUnfinishedJob() {
+    if (state.view.state === "succeeded" || state.view.state === "failed") return;
+    const job = await waitForJob();
+    if (job.state === "succeeded") await reloadView();
+    else say("viewer-message", `The job ${job.state}.`);
   }
 
   // --- report --------------------------------------------------------------------------------
@@ -392,10 +411,7 @@
     };
     toggle("toggle-lesion", "lesion");
     toggle("toggle-isodose", "isodose");
-    document.getElementById("toggle-lesion").disabled = !state.view.layers.lesion;
-    document.getElementById("toggle-isodose").disabled = !state.view.layers.isodose;
     const qa = document.getElementById("qa-mode");
-    qa.disabled = !state.view.layers.planning;
     qa.addEventListener("change", () => {
       state.qa = qa.value;
       renderAll();
@@ -423,7 +439,7 @@
       }),
     );
     document.getElementById("toolbar").hidden = false;
-    document.getElementById("refine-panel").hidden = !state.view.layers.lesion;
+    showLayerControls();
   }
 
   async function start() {
@@ -451,6 +467,7 @@
     root.dataset.ready = "1";
     showPending();
     await showReport();
+    await followUnfinishedJob();
   }
 
   start();

@@ -353,9 +353,9 @@ def test_a_job_prepared_before_the_viewer_gets_its_layers_on_first_view_without_
     assert before["layers"]["planning"] is True
     index = before["planes"]["axial"]["start"]
 
-    # What a job prepared before the viewer existed has: images, no view/, no planning CT on it.
+    # What a job prepared before the viewer existed has: its images, no view/ (so no planning CT
+    # on the follow-up either).
     shutil.rmtree(work / VIEW_FOLDER)
-    (work / handoff.PLANNING).unlink()
 
     view = view_of(view_client, copy_of_finished)
     assert (work / VIEW_FOLDER / "view.json").is_file(), "the layers are made once, on first view"
@@ -367,3 +367,22 @@ def test_a_job_prepared_before_the_viewer_gets_its_layers_on_first_view_without_
         )
         assert_problem(response, 404, "layer-not-found")
     assert slice_of(view_client, copy_of_finished, "axial", index)[0] == "L"
+
+
+def test_opening_the_images_is_in_the_audit_trail_and_scrolling_is_not(
+    view_client: TestClient, copy_of_finished: Job
+) -> None:
+    view_client.get(copy_of_finished.view_path, headers=OWNER)
+    for index in range(3):
+        view_client.get(copy_of_finished.slice_path("axial", index), headers=OWNER)
+
+    answer = view_client.get(
+        "/v1/audit-events", params={"job_id": copy_of_finished.id}, headers=bearer(API_KEY)
+    )
+    assert answer.status_code == 200, answer.text
+    events = answer.json()["data"]
+
+    actions = [event["action"] for event in events]
+    assert actions.count("view") == 1, actions
+    assert all(event["status"] == 200 for event in events if event["action"] == "view")
+    assert "download" not in actions, "a slice is no download"

@@ -904,3 +904,28 @@ def test_an_empty_or_overlong_key_is_refused_on_the_page(open_browser: Browser, 
 @pytest.mark.parametrize("path", ["/docs", "/redoc", "/docs/oauth2-redirect"])
 def test_no_api_browser_that_needs_a_cdn_is_served(open_browser: Browser, path: str) -> None:
     assert open_browser().get(path).status_code == 404
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_login_form_sent_by_another_site_is_refused(open_browser: Browser, site: str) -> None:
+    browser = open_browser()
+
+    response = browser.post(
+        LOGIN_PATH, data={"api_key": API_KEY, "next": "/ui/jobs"}, headers={"Sec-Fetch-Site": site}
+    )
+
+    assert response.status_code == 403 and "set-cookie" not in response.headers
+    assert Page(response.text).one(id="login-error").text
+    same_origin = browser.post(
+        LOGIN_PATH, data={"api_key": API_KEY, "next": "/ui/jobs"}, headers={"Sec-Fetch-Site": "same-origin"}
+    )
+    assert same_origin.status_code == 303 and COOKIE_NAME in same_origin.headers["set-cookie"]
+
+
+def test_behind_a_tls_proxy_the_cookie_can_be_made_secure(tmp_path: Path, no_site_environment: None) -> None:
+    settings = Settings(storage_root=tmp_path, api_key=SecretStr(API_KEY), session_cookie_secure=True)
+    with TestClient(create_app(settings)) as browser:  # plain http, as a proxy forwards it
+        response = browser.post(LOGIN_PATH, data={"api_key": API_KEY}, follow_redirects=False)
+
+    assert response.status_code == 303
+    assert "secure" in response.headers["set-cookie"].lower().split("; ")
