@@ -16,7 +16,6 @@ nothing.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import resource
 import shutil
@@ -25,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 
 import httpx2 as httpx
@@ -33,6 +31,7 @@ import httpx2 as httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from models.synth import write_synthetic_patients
+from tests.service.api.conftest import zip_folders
 from worker.jobs import pipeline
 from worker.jobs.folder import JobFolder
 from worker.jobs.progress import StatusReporter
@@ -93,7 +92,7 @@ def _through_api(patient: Path, storage: Path) -> dict[str, object]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(url, server)
-        upload = _zip(patient)
+        upload = zip_folders(patient)
         with httpx.Client(
             base_url=url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120
         ) as client:
@@ -167,15 +166,6 @@ def _print_results(reference: dict[str, float], served: dict[str, object]) -> No
 def say(text: str) -> None:
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
-
-
-def _zip(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
 
 
 def _free_port() -> int:

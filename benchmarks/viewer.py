@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import shutil
 import statistics
 import sys
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from models.synth import write_synthetic_patients
 from models.synth.geometry import Grid
 from models.synth.params import sample_case
 from models.synth.patient import write_case
+from tests.service.api.conftest import zip_folders
 from tests.serving import CHROMIUM, CHROMIUM_ARGS, embedded_serve
 
 TARGET_MS = 1000.0
@@ -149,15 +148,6 @@ def write_patient(folder: Path, size: str, seed: int) -> Path:
     return write_case(case, case_dir)
 
 
-def zip_folder(folder: Path) -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        for path in sorted(folder.rglob("*")):
-            if path.is_file():
-                archive.write(path, path.relative_to(folder).as_posix())
-    return buffer.getvalue()
-
-
 # --- the server and the job ----------------------------------------------------------------------
 
 
@@ -167,7 +157,7 @@ def run_job(url: str, patient: Path) -> tuple[str, float]:
         started = time.perf_counter()
         created = client.post(
             "/v1/jobs",
-            files=[("files", ("patient.zip", zip_folder(patient), "application/zip"))],
+            files=[("files", ("patient.zip", zip_folders(patient), "application/zip"))],
             data={"task": "orn"},
         )
         if created.status_code != 202:
